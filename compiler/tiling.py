@@ -1,0 +1,216 @@
+"""Tile one ternary projection onto the array and schedule it as an instruction stream.
+
+One projection is y[t, n] = sum_k x[t, k] * w[n, k] for T tokens, N output rows, K inputs.
+The plan cuts N into row tiles of one memory word of weights (5 * port_bytes rows in base 3,
+4 * port_bytes in 2-bit codes), K into k-tiles, and T into token batches that fit one
+accumulator slot, then emits LOAD / MATMUL / STORE with dependency tokens so that loads of
+the next tiles overlap the current MATMUL (`slots`-deep buffering) and STOREs overlap the next
+row tile (two accumulator slots).
+
+Memory images (word addresses relative to each region's base):
+- weights: row tile i, column k at word i * K + k (see `pack_weight_image`);
+- activations: token group g (token_lanes tokens), byte k * token_lanes + j holds x[g*Lt + j, k]
+  in a row of `x_group_words` words (`pack_activation_image`);
+- results: token t, row n as little-endian int32 at byte t * y_row_bytes + 4 * n.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rtl.isa import TRITS_PER_BYTE, Buffer, Halt, Instr, Load, MatMul, Store, WeightEncoding
+from rtl.params import OUT_BYTES, ArrayParams
+
+__all__ = ["Plan", "plan_projection", "pack_weight_image", "pack_activation_image",
+           "unpack_results", "pack_words"]
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The geometry of one lowered projection: tiles, image sizes and the program."""
+
+    params: ArrayParams
+    n: int
+    k: int
+    tokens: int
+    encoding: WeightEncoding
+    rows_per_tile: int
+    k_tile: int
+    token_batch: int
+    slots: int
+    w_base: int
+    x_base: int
+    y_base: int
+    program: tuple
+
+    @property
+    def n_tiles(self) -> int:
+        return _ceil(self.n, self.rows_per_tile)
+
+    @property
+    def w_words(self) -> int:
+        return self.n_tiles * self.k
+
+    @property
+    def x_group_words(self) -> int:
+        return _ceil(self.k * self.params.token_lanes, self.params.port_bytes)
+
+    @property
+    def groups(self) -> int:
+        return _ceil(self.tokens, self.params.token_lanes)
+
+    @property
+    def x_words(self) -> int:
+        return self.groups * self.x_group_words
+
+    @property
+    def tile_out_words(self) -> int:
+        return self.rows_per_tile * OUT_BYTES // self.params.port_bytes
+
+    @property
+    def y_row_words(self) -> int:
+        return self.n_tiles * self.tile_out_words
+
+    @property
+    def y_words(self) -> int:
+        return self.tokens * self.y_row_words
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.w_words * self.params.port_bytes
+
+
+def plan_projection(params: ArrayParams, n: int, k: int, tokens: int,
+                    encoding: WeightEncoding = WeightEncoding.BASE3, *,
+                    w_base: int = 0, x_base: int | None = None, y_base: int | None = None,
+                    k_tile: int | None = None, token_batch: int | None = None,
+                    slots: int | None = None, halt: bool = True) -> Plan:
+    """Plan y = x . w^T for an (n x k) ternary matrix and `tokens` tokens.
+
+    Regions default to weights, then activations, then results, back to back.
+    """
+    p = params
+    encoding = WeightEncoding(encoding)
+    if encoding not in p.encodings:
+        raise ValueError(f"encoding {encoding.name} is not enabled at scale point {p.name}")
+    if min(n, k, tokens) < 1:
+        raise ValueError(f"empty projection: n={n} k={k} tokens={tokens}")
+    if k > p.max_k:
+        raise ValueError(f"k={k} exceeds the accumulator's proven range (max_k={p.max_k})")
+    rows_per_tile = TRITS_PER_BYTE[encoding] * p.port_bytes
+    slots = slots or (4 if p.wbuf_rows >= 16 else 2)
+    # k-tiles start on word boundaries of the activation image.
+    k_align = p.port_bytes // p.token_lanes
+    max_kt = (p.wbuf_rows // slots) // k_align * k_align
+    token_batch = token_batch or min(tokens, p.max_tokens // 2 or 1)
+    if token_batch > max(p.max_tokens // 2, 1):
+        raise ValueError(f"token_batch={token_batch} exceeds half the accumulators")
+    batch_groups = _ceil(token_batch, p.token_lanes)
+    # Activation rows per k-tile must fit an activation slot.
+    max_kt_x = ((p.abuf_rows // slots) // batch_groups) * p.port_bytes // p.token_lanes
+    max_kt = min(max_kt, max_kt_x // k_align * k_align)
+    if max_kt < 1:
+        raise ValueError(f"buffers of scale point {p.name} are too small for "
+                         f"{token_batch} tokens per batch")
+    k_tile = k_tile or min(max_kt, _ceil(k, k_align) * k_align)
+    if k_tile % k_align or k_tile > max_kt:
+        raise ValueError(f"k_tile={k_tile} must be a multiple of {k_align} and <= {max_kt}")
+
+    plan = Plan(p, n, k, tokens, encoding, rows_per_tile, k_tile, token_batch, slots,
+                w_base, 0, 0, ())
+    x_base = w_base + plan.w_words if x_base is None else x_base
+    y_base = x_base + plan.x_words if y_base is None else y_base
+    plan = Plan(p, n, k, tokens, encoding, rows_per_tile, k_tile, token_batch, slots,
+                w_base, x_base, y_base, ())
+    return Plan(**{**plan.__dict__, "program": tuple(_schedule(plan, halt))})
+
+
+def _schedule(plan: Plan, halt: bool) -> list:
+    p = plan.params
+    wslot = p.wbuf_rows // plan.slots
+    aslot = p.abuf_rows // plan.slots
+    acc_slot = p.acc_groups // 2
+    gw = plan.x_group_words
+    k_tiles = [(k0, min(plan.k_tile, plan.k - k0)) for k0 in range(0, plan.k, plan.k_tile)]
+    batches = [(t0, min(plan.token_batch, plan.tokens - t0))
+               for t0 in range(0, plan.tokens, plan.token_batch)]
+    tiles = [(t0, tb, i) for t0, tb in batches for i in range(plan.n_tiles)]
+    steps_total = len(tiles) * len(k_tiles)
+
+    prog: list[Instr] = []
+    step = 0
+    for ti, (t0, tb, i) in enumerate(tiles):
+        groups = _ceil(tb, p.token_lanes)
+        n_rows = min(plan.rows_per_tile, plan.n - i * plan.rows_per_tile)
+        acc = (ti % 2) * acc_slot
+        for j, (k0, kl) in enumerate(k_tiles):
+            slot = step % plan.slots
+            x_len = _ceil(kl * p.token_lanes, p.port_bytes)
+            prog.append(Load(
+                buffer=Buffer.ACT, sram=slot * aslot, rows=groups, length=x_len,
+                dram=plan.x_base + (t0 // p.token_lanes) * gw + k0 * p.token_lanes // p.port_bytes,
+                stride=gw, pop_next=int(step >= plan.slots)))
+            prog.append(Load(
+                buffer=Buffer.WEIGHT, encoding=plan.encoding, sram=slot * wslot, rows=1,
+                length=kl, dram=plan.w_base + i * plan.k + k0, stride=0, push_next=1))
+            last_k = j == len(k_tiles) - 1
+            prog.append(MatMul(
+                accumulate=int(j > 0), wbuf=slot * wslot, abuf=slot * aslot, acc=acc,
+                k_len=kl, tokens=tb, n_rows=n_rows, x_stride=x_len,
+                pop_prev=1, push_prev=int(step + plan.slots < steps_total),
+                pop_next=int(j == 0 and ti >= 2), push_next=int(last_k)))
+            step += 1
+        prog.append(Store(
+            acc=acc, tokens=tb, words=_ceil(n_rows * OUT_BYTES, p.port_bytes),
+            dram=plan.y_base + t0 * plan.y_row_words + i * plan.tile_out_words,
+            stride=plan.y_row_words, pop_prev=1, push_prev=int(ti + 2 < len(tiles))))
+    if halt:
+        prog.append(Halt())
+    return prog
+
+
+def pack_words(byte_rows: np.ndarray, port_bytes: int) -> np.ndarray:
+    """Pad rows of bytes to whole words: (rows, b) uint8 -> (rows, words, port_bytes)."""
+    rows, b = byte_rows.shape
+    words = _ceil(b, port_bytes)
+    out = np.zeros((rows, words * port_bytes), np.uint8)
+    out[:, :b] = byte_rows
+    return out.reshape(rows, words, port_bytes)
+
+
+def pack_weight_image(plan: Plan, w_t: np.ndarray) -> np.ndarray:
+    """The weight region as uint8 (w_words, port_bytes): one word per (row tile, column)."""
+    from sim.golden import pack_trits  # sim is the home of the numerics
+    p = plan.params
+    if w_t.shape != (plan.n, plan.k):
+        raise ValueError(f"weights have shape {w_t.shape}, the plan expects {(plan.n, plan.k)}")
+    rows = plan.n_tiles * plan.rows_per_tile
+    padded = np.zeros((rows, plan.k), np.int8)
+    padded[:plan.n] = w_t
+    # (tile, row-in-tile, k) -> (tile, k, row-in-tile): one word holds one column of a tile.
+    cols = padded.reshape(plan.n_tiles, plan.rows_per_tile, plan.k).transpose(0, 2, 1)
+    flat = pack_trits(np.ascontiguousarray(cols).reshape(-1), plan.encoding)
+    return flat.reshape(plan.n_tiles * plan.k, -1)[:, :p.port_bytes]
+
+
+def pack_activation_image(plan: Plan, x_q: np.ndarray) -> np.ndarray:
+    """The activation region as uint8 (x_words, port_bytes), token groups interleaved."""
+    p = plan.params
+    if x_q.shape != (plan.tokens, plan.k) or x_q.dtype != np.int8:
+        raise ValueError(f"activations must be int8 of shape {(plan.tokens, plan.k)}, "
+                         f"got {x_q.dtype} {x_q.shape}")
+    lt = p.token_lanes
+    padded = np.zeros((plan.groups * lt, plan.k), np.int8)
+    padded[:plan.tokens] = x_q
+    inter = padded.reshape(plan.groups, lt, plan.k).transpose(0, 2, 1).reshape(plan.groups, -1)
+    return pack_words(inter.view(np.uint8), p.port_bytes).reshape(-1, p.port_bytes)
+
+
+def unpack_results(plan: Plan, y_image: np.ndarray) -> np.ndarray:
+    """Read int32 results (tokens, n) out of the result region (y_words, port_bytes) uint8."""
+    raw = np.ascontiguousarray(y_image, np.uint8).reshape(plan.tokens, -1)
+    return raw.view("<i4")[:, :plan.n].astype(np.int32)

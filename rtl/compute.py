@@ -1,0 +1,205 @@
+"""The COMPUTE unit: the lane array and the MATMUL sequencer that feeds it."""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .isa import INSTR_BITS, ErrorCode, Opcode, instr_layout
+from .lane import TernaryLane
+from .params import ArrayParams
+from .sequencer import PC_BITS
+
+__all__ = ["ComputeUnit", "popcount"]
+
+
+def popcount(bits):
+    """A balanced adder tree over the bits of a value (no multiplier)."""
+    terms = [bits[i] for i in range(len(bits))]
+    if not terms:
+        return Const(0, 1)
+    while len(terms) > 1:
+        nxt = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
+        if len(terms) % 2:
+            nxt.append(terms[-1])
+        terms = nxt
+    return terms[0]
+
+
+class ComputeUnit(wiring.Component):
+    """Execute MATMULs on `row_lanes` x `token_lanes` ternary lanes.
+
+    For each group of `token_lanes` tokens and each column k < k_len, one cycle: every lane
+    (r, j) adds, subtracts or skips activation x[j, k] by weight w[r, k]. Columns come from the
+    weight buffer (row wbuf + k); a group's activations sit at activation-buffer rows from
+    abuf + g * x_stride on, token j of column k at byte k * token_lanes + j. A group's sums are
+    written to accumulator group acc + g after its last column.
+
+    Timing: a MATMUL taken at cycle s reads in cycles s+1 .. s+G*k_len (stage 0), adds one cycle
+    later (stage 1) and retires at s + G*k_len + 1; the next MATMUL can be taken in that cycle.
+
+    Members
+    -------
+    head_valid, head_pc, head_instr : In
+    take : Out(1)
+    tok_prev, tok_next : In(1)
+        A token from LOAD / from STORE is available.
+    pop_prev, pop_next, push_prev, push_next : Out(1)
+    w_addr : Out, w_data : In
+        Weight buffer read port (data one cycle after the address).
+    a_addr : Out, a_data : In
+        Activation buffer read port.
+    c_raddr : Out, c_rdata : In
+        Accumulator buffer read port (partial sums when accumulating).
+    c_we, c_waddr, c_wdata : Out
+        Accumulator buffer write port.
+    retire, retire_pc, error, error_pc, active, blocked, stall_dep : Out
+    busy_lanes, skipped : Out
+        Busy and zero-weight lane-cycles this cycle.
+    """
+
+    def __init__(self, params: ArrayParams):
+        self.params = params
+        p = params
+        acc_row = p.lanes * p.acc_bits
+        super().__init__({
+            "head_valid": In(1), "head_pc": In(PC_BITS), "head_instr": In(INSTR_BITS),
+            "take": Out(1), "tok_prev": In(1), "tok_next": In(1),
+            "pop_prev": Out(1), "pop_next": Out(1), "push_prev": Out(1), "push_next": Out(1),
+            "w_addr": Out(range(p.wbuf_rows)), "w_data": In(2 * p.row_lanes),
+            "a_addr": Out(range(p.abuf_rows)), "a_data": In(p.port_bits),
+            "c_raddr": Out(range(p.acc_groups)), "c_rdata": In(acc_row),
+            "c_we": Out(1), "c_waddr": Out(range(p.acc_groups)), "c_wdata": Out(acc_row),
+            "retire": Out(1), "retire_pc": Out(PC_BITS),
+            "error": Out(ErrorCode), "error_pc": Out(PC_BITS),
+            "active": Out(1), "blocked": Out(1), "stall_dep": Out(1),
+            "busy_lanes": Out(range(p.lanes + 1)), "skipped": Out(range(p.lanes + 1)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        lay = instr_layout(Opcode.MATMUL)
+        head = data.View(lay, self.head_instr)
+        lt_shift = p.token_lanes.bit_length() - 1
+        port_shift = p.port_bytes.bit_length() - 1
+
+        # -- issue -----------------------------------------------------------------------------
+        running = Signal()
+        pc = Signal(PC_BITS)
+        wbuf = Signal.like(head.wbuf)
+        grow = Signal(len(head.abuf) + 1)      # activation row of the current group
+        acc = Signal.like(head.acc)
+        k_len = Signal.like(head.k_len)
+        x_stride = Signal.like(head.x_stride)
+        tokens_left = Signal(len(head.tokens) + 1)
+        span = Signal(len(head.k_len) + 1)      # activation rows one group reads
+        row_mask = Signal(p.row_lanes)
+        n_rows = Signal.like(head.n_rows)
+        accumulate = Signal()
+        push_prev = Signal()
+        push_next = Signal()
+        k = Signal.like(head.k_len)
+        g = Signal.like(head.acc)
+        bytepos = Signal(len(head.k_len) + lt_shift)
+
+        groups = (head.tokens + p.token_lanes - 1) >> lt_shift
+        tokens_ok = (~head.pop_prev | self.tok_prev) & (~head.pop_next | self.tok_next)
+        with m.If(~running & self.head_valid):
+            with m.If(~tokens_ok):
+                m.d.comb += [self.blocked.eq(1), self.stall_dep.eq(1)]
+            with m.Elif((head.k_len == 0) | (head.tokens == 0) | (head.n_rows == 0) |
+                        (head.n_rows > p.row_lanes) | (head.tokens > p.max_tokens)):
+                m.d.comb += [self.error.eq(ErrorCode.BAD_FIELD), self.error_pc.eq(self.head_pc)]
+            with m.Elif((head.wbuf + head.k_len > p.wbuf_rows) |
+                        (head.acc + groups > p.acc_groups)):
+                m.d.comb += [self.error.eq(ErrorCode.BAD_ADDRESS),
+                             self.error_pc.eq(self.head_pc)]
+            with m.Else():
+                m.d.comb += [self.take.eq(1), self.pop_prev.eq(head.pop_prev),
+                             self.pop_next.eq(head.pop_next)]
+                m.d.sync += [
+                    running.eq(1), pc.eq(self.head_pc), wbuf.eq(head.wbuf), grow.eq(head.abuf),
+                    acc.eq(head.acc), k_len.eq(head.k_len), x_stride.eq(head.x_stride),
+                    tokens_left.eq(head.tokens), n_rows.eq(head.n_rows),
+                    accumulate.eq(head.accumulate), push_prev.eq(head.push_prev),
+                    push_next.eq(head.push_next), k.eq(0), g.eq(0), bytepos.eq(0),
+                    span.eq((((head.k_len - 1) << lt_shift) >> port_shift) + 1),
+                    row_mask.eq(Cat(*[r < head.n_rows for r in range(p.row_lanes)])),
+                ]
+
+        # -- stage 0: read ----------------------------------------------------------------------
+        s1 = Signal()
+        s1_first = Signal()
+        s1_last = Signal()
+        s1_final = Signal()
+        s1_g = Signal.like(self.c_waddr)
+        s1_off = Signal(port_shift)
+        s1_tok = Signal(p.token_lanes)
+        m.d.sync += s1.eq(0)
+        m.d.comb += [
+            self.w_addr.eq(wbuf + k),
+            self.a_addr.eq(grow + (bytepos >> port_shift)),
+            self.c_raddr.eq(acc + g),
+        ]
+        with m.If(running):
+            with m.If((k == 0) & (grow + span > p.abuf_rows)):
+                m.d.comb += [self.error.eq(ErrorCode.BAD_ADDRESS), self.error_pc.eq(pc)]
+            with m.Else():
+                last_k = k == k_len - 1
+                final = last_k & (tokens_left <= p.token_lanes)
+                m.d.sync += [
+                    s1.eq(1), s1_first.eq(k == 0), s1_last.eq(last_k), s1_final.eq(final),
+                    s1_g.eq(acc + g), s1_off.eq(bytepos[:port_shift]),
+                    s1_tok.eq(Cat(*[tokens_left > j for j in range(p.token_lanes)])),
+                ]
+                with m.If(last_k):
+                    m.d.sync += [k.eq(0), bytepos.eq(0), g.eq(g + 1),
+                                 grow.eq(grow + x_stride),
+                                 tokens_left.eq(tokens_left - p.token_lanes)]
+                    with m.If(final):
+                        m.d.sync += running.eq(0)
+                with m.Else():
+                    m.d.sync += [k.eq(k + 1), bytepos.eq(bytepos + p.token_lanes)]
+
+        # -- stage 1: the lanes ----------------------------------------------------------------
+        s1_pc = Signal(PC_BITS)
+        s1_acc = Signal()
+        s1_push = Signal(2)
+        s1_mask = Signal(p.row_lanes)
+        s1_nrows = Signal.like(n_rows)
+        m.d.sync += [s1_pc.eq(pc), s1_acc.eq(accumulate), s1_push.eq(Cat(push_prev, push_next)),
+                     s1_mask.eq(row_mask), s1_nrows.eq(n_rows)]
+        act = Signal(p.port_bits)
+        m.d.comb += act.eq(self.a_data >> Cat(Const(0, 3), s1_off))
+        totals = []
+        zero_bits = []
+        for j in range(p.token_lanes):
+            x = act[8 * j:8 * j + 8].as_signed()
+            for r in range(p.row_lanes):
+                lane = TernaryLane(p.acc_bits)
+                m.submodules[f"lane_{j}_{r}"] = lane
+                idx = j * p.row_lanes + r
+                init = self.c_rdata[idx * p.acc_bits:(idx + 1) * p.acc_bits].as_signed()
+                m.d.comb += [
+                    lane.step.eq(s1), lane.first.eq(s1_first),
+                    lane.init.eq(Mux(s1_acc, init, 0)),
+                    lane.nz.eq(self.w_data[2 * r] & s1_mask[r] & s1_tok[j]),
+                    lane.neg.eq(self.w_data[2 * r + 1]),
+                    lane.x.eq(x),
+                ]
+                totals.append(lane.total)
+        for r in range(p.row_lanes):
+            zero_bits.append(~self.w_data[2 * r] & s1_mask[r])
+        zeros = popcount(Cat(*zero_bits))
+        with m.If(s1):
+            m.d.comb += [
+                self.busy_lanes.eq(sum(Mux(s1_tok[j], s1_nrows, 0)
+                                       for j in range(p.token_lanes))),
+                self.skipped.eq(sum(Mux(s1_tok[j], zeros, 0) for j in range(p.token_lanes))),
+                self.c_we.eq(s1_last), self.c_waddr.eq(s1_g), self.c_wdata.eq(Cat(*totals)),
+            ]
+            with m.If(s1_final):
+                m.d.comb += [self.retire.eq(1), self.retire_pc.eq(s1_pc),
+                             self.push_prev.eq(s1_push[0]), self.push_next.eq(s1_push[1])]
+        m.d.comb += self.active.eq(running | s1)
+        return m

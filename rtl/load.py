@@ -1,0 +1,197 @@
+"""The LOAD unit: a 2-D DMA from the read channel into the weight or activation buffer."""
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from .decoder import WeightDecoder
+from .isa import INSTR_BITS, Buffer, ErrorCode, Opcode, WeightEncoding, instr_layout
+from .params import ArrayParams
+from .sequencer import PC_BITS
+
+__all__ = ["LoadUnit", "ADDR_BITS"]
+
+#: Width of an external memory word address (the LOAD/STORE `dram` fields).
+ADDR_BITS = 32
+
+#: Loads whose requests are all out but whose responses are not all back.
+LOADS_IN_FLIGHT = 4
+
+
+def _descriptor_layout():
+    lay = instr_layout(Opcode.LOAD)
+    return data.StructLayout({
+        "pc": PC_BITS, "buffer": Buffer, "encoding": WeightEncoding,
+        "sram": lay["sram"].shape, "rows": lay["rows"].shape, "length": lay["length"].shape,
+        "push_next": 1,
+    })
+
+
+class LoadUnit(wiring.Component):
+    """Execute LOADs: issue read requests row by row, write responses into a buffer in order.
+
+    The request side and the response side are decoupled: the next LOAD issues its requests
+    while the responses of earlier ones (up to LOADS_IN_FLIGHT instructions) are still coming
+    back. Weight words pass through a `WeightDecoder` on their way into the weight buffer.
+
+    Timing (an always-ready port): a LOAD taken at cycle s presents its rows x length requests
+    at s+1 .. s+N, and the unit can take the next LOAD at s+N+1. The LOAD retires (and pushes
+    its token) in the cycle its last response is written.
+
+    Members
+    -------
+    head_valid, head_pc, head_instr : In
+        The head of this unit's instruction queue.
+    take : Out(1)
+        The head issues this cycle (pop it from the queue).
+    tok_next : In(1)
+        A token from COMPUTE is available.
+    pop_next, push_next : Out(1)
+        Take a token from COMPUTE (at issue) / give one (at retirement).
+    rd_req : Out(stream.Signature(ADDR_BITS))
+    rd_resp : In(stream.Signature(port_bits))
+    w_en, w_addr, w_data : Out
+        Weight buffer write port (decoded trits).
+    a_en, a_addr, a_data : Out
+        Activation buffer write port.
+    retire, retire_pc : Out
+        A LOAD retires this cycle.
+    error, error_pc : Out
+    active, blocked : Out(1)
+        Work in progress / an instruction waits for a token.
+    stall_dep, stall_port : Out(1)
+        Stall causes this cycle.
+    """
+
+    def __init__(self, params: ArrayParams):
+        self.params = params
+        super().__init__({
+            "head_valid": In(1), "head_pc": In(PC_BITS), "head_instr": In(INSTR_BITS),
+            "take": Out(1), "tok_next": In(1), "pop_next": Out(1), "push_next": Out(1),
+            "rd_req": Out(stream.Signature(ADDR_BITS)),
+            "rd_resp": In(stream.Signature(params.port_bits)),
+            "w_en": Out(1), "w_addr": Out(range(params.wbuf_rows)),
+            "w_data": Out(2 * params.row_lanes),
+            "a_en": Out(1), "a_addr": Out(range(params.abuf_rows)),
+            "a_data": Out(params.port_bits),
+            "retire": Out(1), "retire_pc": Out(PC_BITS),
+            "error": Out(ErrorCode), "error_pc": Out(PC_BITS),
+            "active": Out(1), "blocked": Out(1), "stall_dep": Out(1), "stall_port": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        lay = instr_layout(Opcode.LOAD)
+        head = data.View(lay, self.head_instr)
+        desc_lay = _descriptor_layout()
+        m.submodules.inflight = inflight = SyncFIFO(width=desc_lay.size, depth=LOADS_IN_FLIGHT)
+
+        # -- request side ----------------------------------------------------------------------
+        busy = Signal()
+        pc = Signal(PC_BITS)
+        row_addr = Signal(ADDR_BITS)
+        stride = Signal(ADDR_BITS)
+        length = Signal.like(head.length)
+        rows_left = Signal.like(head.rows)
+        word = Signal.like(head.length)
+        sram_row = Signal(len(head.sram) + 1)
+        depth = Signal(range(max(p.wbuf_rows, p.abuf_rows) + 1))
+
+        depth_of = {Buffer.WEIGHT: p.wbuf_rows, Buffer.ACT: p.abuf_rows}
+        head_depth = Signal.like(depth)
+        with m.Switch(head.buffer):
+            for buf, d in depth_of.items():
+                with m.Case(buf):
+                    m.d.comb += head_depth.eq(d)
+        enabled = Signal()
+        with m.Switch(head.encoding):
+            for enc in p.encodings:
+                with m.Case(enc):
+                    m.d.comb += enabled.eq(1)
+
+        # Errors of the response side belong to an older LOAD and win over the request side.
+        req_error = Signal(ErrorCode)
+        req_error_pc = Signal(PC_BITS)
+        resp_error = Signal(ErrorCode)
+        resp_error_pc = Signal(PC_BITS)
+        with m.If(resp_error != ErrorCode.NONE):
+            m.d.comb += [self.error.eq(resp_error), self.error_pc.eq(resp_error_pc)]
+        with m.Else():
+            m.d.comb += [self.error.eq(req_error), self.error_pc.eq(req_error_pc)]
+
+        tokens_ok = ~head.pop_next | self.tok_next
+        can_issue = ~busy & self.head_valid
+        with m.If(can_issue):
+            with m.If(~tokens_ok):
+                m.d.comb += [self.blocked.eq(1), self.stall_dep.eq(1)]
+            with m.Elif((head.rows == 0) | (head.length == 0) |
+                        ((head.buffer == Buffer.WEIGHT) & ~enabled)):
+                m.d.comb += [req_error.eq(ErrorCode.BAD_FIELD), req_error_pc.eq(self.head_pc)]
+            with m.Elif(~inflight.w_rdy):
+                m.d.comb += self.stall_port.eq(1)
+            with m.Else():
+                m.d.comb += [self.take.eq(1), self.pop_next.eq(head.pop_next)]
+                m.d.sync += [
+                    busy.eq(1), pc.eq(self.head_pc), row_addr.eq(head.dram),
+                    stride.eq(head.stride), length.eq(head.length), rows_left.eq(head.rows),
+                    word.eq(0), sram_row.eq(head.sram), depth.eq(head_depth),
+                ]
+                desc = data.View(desc_lay, inflight.w_data)
+                m.d.comb += [
+                    inflight.w_en.eq(1),
+                    desc.pc.eq(self.head_pc), desc.buffer.eq(head.buffer),
+                    desc.encoding.eq(head.encoding), desc.sram.eq(head.sram),
+                    desc.rows.eq(head.rows), desc.length.eq(head.length),
+                    desc.push_next.eq(head.push_next),
+                ]
+
+        with m.If(busy):
+            m.d.comb += [self.rd_req.valid.eq(1), self.rd_req.payload.eq(row_addr + word)]
+            # A row that would run past the end of its buffer is refused before it is read.
+            with m.If((word == 0) & (sram_row + length > depth)):
+                m.d.comb += [req_error.eq(ErrorCode.BAD_ADDRESS), req_error_pc.eq(pc)]
+                m.d.comb += self.rd_req.valid.eq(0)
+            with m.Elif(~self.rd_req.ready):
+                m.d.comb += self.stall_port.eq(1)
+            with m.Else():
+                with m.If(word == length - 1):
+                    m.d.sync += [word.eq(0), row_addr.eq(row_addr + stride),
+                                 sram_row.eq(sram_row + length), rows_left.eq(rows_left - 1)]
+                    with m.If(rows_left == 1):
+                        m.d.sync += busy.eq(0)
+                with m.Else():
+                    m.d.sync += word.eq(word + 1)
+
+        # -- response side ---------------------------------------------------------------------
+        cur = data.View(desc_lay, inflight.r_data)
+        offset = Signal(range(p.wbuf_rows + p.abuf_rows + 1))
+        rword = Signal.like(head.length)
+        rrow = Signal.like(head.rows)
+        m.submodules.decoder = decoder = WeightDecoder(p)
+        m.d.comb += [decoder.word.eq(self.rd_resp.payload), decoder.encoding.eq(cur.encoding)]
+        m.d.comb += self.rd_resp.ready.eq(1)
+        last = (rword == cur.length - 1) & (rrow == cur.rows - 1)
+        with m.If(self.rd_resp.valid & inflight.r_rdy):
+            addr = cur.sram + offset
+            with m.If((cur.buffer == Buffer.WEIGHT) & decoder.invalid):
+                m.d.comb += [resp_error.eq(ErrorCode.BAD_WEIGHT), resp_error_pc.eq(cur.pc)]
+            with m.Elif(cur.buffer == Buffer.WEIGHT):
+                m.d.comb += [self.w_en.eq(1), self.w_addr.eq(addr), self.w_data.eq(decoder.trits)]
+            with m.Else():
+                m.d.comb += [self.a_en.eq(1), self.a_addr.eq(addr),
+                             self.a_data.eq(self.rd_resp.payload)]
+            with m.If(last):
+                m.d.sync += [offset.eq(0), rword.eq(0), rrow.eq(0)]
+                m.d.comb += [inflight.r_en.eq(1), self.retire.eq(1), self.retire_pc.eq(cur.pc),
+                             self.push_next.eq(cur.push_next)]
+            with m.Else():
+                m.d.sync += offset.eq(offset + 1)
+                with m.If(rword == cur.length - 1):
+                    m.d.sync += [rword.eq(0), rrow.eq(rrow + 1)]
+                with m.Else():
+                    m.d.sync += rword.eq(rword + 1)
+
+        m.d.comb += self.active.eq(busy | inflight.r_rdy)
+        return m

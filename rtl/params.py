@@ -1,0 +1,153 @@
+"""The accelerator's parameters: one frozen dataclass and its named scale points.
+
+Everything that sizes the hardware or times it lives here, once. The RTL elaborates from an
+`ArrayParams`; the simulator and the compiler import the same object, so a latency or a buffer
+depth is never written twice. Like `rtl.isa`, it never elaborates hardware.
+"""
+
+from dataclasses import dataclass, field
+
+from .isa import WeightEncoding
+
+__all__ = ["ArrayParams", "MemTiming", "SCALE_POINTS", "scale_point"]
+
+#: Activations are int8 (BitNet b1.58 quantizes them per token, symmetric, to [-128, 127]).
+ACT_BITS = 8
+#: Results leave the accelerator as little-endian int32, one per output row and token.
+OUT_BYTES = 4
+#: Trits carried by one byte of the densest weight encoding (base 3, 3^5 = 243 <= 256).
+#: The row of lanes is as wide as one memory beat of base-3 weights, so decode is port-bound.
+TRITS_PER_PORT_BYTE = 5
+
+
+@dataclass(frozen=True)
+class MemTiming:
+    """Timing of the external memory port as both the testbench memory and the simulator see it.
+
+    The port moves one beat of `ArrayParams.port_bytes` per cycle in each direction (separate read
+    and write channels, as in AXI). A read response is presented exactly `read_latency` cycles
+    after its request was accepted. This is the deterministic model used for lockstep; the
+    testbench can also inject random latency and back-pressure, where only results must agree.
+    """
+
+    read_latency: int = 8
+
+    def __post_init__(self):
+        if not 1 <= self.read_latency <= 255:
+            raise ValueError(f"read_latency={self.read_latency} must be in 1..255")
+
+
+@dataclass(frozen=True)
+class ArrayParams:
+    """Size the ternary array, its buffers and its memory port.
+
+    Parameters
+    ----------
+    name : scale point name, for reports.
+    port_bytes : bytes per memory beat (P). A power of two, at least 4.
+    token_lanes : tokens computed side by side (Lt). Each of the `row_lanes` output rows has
+        `token_lanes` lanes; in decode only one is busy, in prefill all are.
+    wbuf_rows : weight buffer depth in columns of `row_lanes` decoded trits.
+    abuf_rows : activation buffer depth in rows of `port_bytes` int8 values.
+    acc_groups : accumulator buffer depth in groups of `token_lanes` tokens x `row_lanes` rows.
+    max_k : largest reduction length that provably cannot overflow an accumulator.
+    queue_depth : instructions buffered in front of each of the load, compute and store units.
+    token_depth : capacity of each dependency-token queue between units.
+    imem_depth : instructions the program memory holds.
+    encodings : weight encodings the decoder implements (`rtl.isa.WeightEncoding` values).
+    mem : timing of the external memory port.
+    """
+
+    name: str
+    port_bytes: int
+    token_lanes: int
+    wbuf_rows: int
+    abuf_rows: int
+    acc_groups: int
+    max_k: int = 16384
+    queue_depth: int = 4
+    token_depth: int = 8
+    imem_depth: int = 1024
+    encodings: tuple = tuple(WeightEncoding)
+    mem: MemTiming = field(default_factory=MemTiming)
+
+    def __post_init__(self):
+        def pow2(v):
+            return v > 0 and v & (v - 1) == 0
+
+        checks = [
+            (pow2(self.port_bytes) and self.port_bytes >= 4,
+             "port_bytes must be a power of 2 >= 4"),
+            (pow2(self.token_lanes) and self.token_lanes <= self.port_bytes,
+             "token_lanes must be a power of 2 no larger than port_bytes"),
+            (self.wbuf_rows >= 2, "wbuf_rows must be >= 2"),
+            (self.abuf_rows >= 2, "abuf_rows must be >= 2"),
+            (self.acc_groups >= 1, "acc_groups must be >= 1"),
+            (self.max_k >= 1, "max_k must be >= 1"),
+            (self.queue_depth >= 1, "queue_depth must be >= 1"),
+            (self.token_depth >= 1, "token_depth must be >= 1"),
+            (self.imem_depth >= 2, "imem_depth must be >= 2"),
+            (len(self.encodings) >= 1 and set(self.encodings) <= set(WeightEncoding),
+             "encodings must be a non-empty subset of rtl.isa.WeightEncoding"),
+        ]
+        for ok, why in checks:
+            if not ok:
+                raise ValueError(f"ArrayParams {self.name!r}: {why}")
+
+    @property
+    def row_lanes(self) -> int:
+        """Output rows computed at once: the trits in one beat of base-3 weights."""
+        return TRITS_PER_PORT_BYTE * self.port_bytes
+
+    @property
+    def lanes(self) -> int:
+        """Ternary processing elements in the array."""
+        return self.row_lanes * self.token_lanes
+
+    @property
+    def act_bits(self) -> int:
+        return ACT_BITS
+
+    @property
+    def acc_bits(self) -> int:
+        """Signed accumulator width: |acc| <= 128 * max_k (x = -128 against w = -1)."""
+        return (2 ** (ACT_BITS - 1) * self.max_k).bit_length() + 1
+
+    @property
+    def out_words_per_token(self) -> int:
+        """Memory beats that hold one token's results for a full row of lanes."""
+        return OUT_BYTES * self.row_lanes // self.port_bytes
+
+    @property
+    def max_tokens(self) -> int:
+        """Tokens one accumulator buffer can hold."""
+        return self.acc_groups * self.token_lanes
+
+    @property
+    def port_bits(self) -> int:
+        return 8 * self.port_bytes
+
+
+SCALE_POINTS = {
+    # iCEBreaker (iCE40 UP5K): a 32-bit port, 20 rows x 2 tokens.
+    "tiny": ArrayParams(name="tiny", port_bytes=4, token_lanes=2,
+                        wbuf_rows=256, abuf_rows=128, acc_groups=4,
+                        imem_depth=256),
+    # ULX3S (ECP5-85F): a 256-bit port, 160 rows x 2 tokens = 320 lanes.
+    "ecp5": ArrayParams(name="ecp5", port_bytes=32, token_lanes=2,
+                        wbuf_rows=1024, abuf_rows=512, acc_groups=16),
+    # The reference design: a 1024-bit port (128 B/cycle), 640 rows x 2 tokens = 1280 lanes.
+    # 640 rows divide the 2B4T projection heights 2560 and 640 and tile 6912 at 98%.
+    "default": ArrayParams(name="default", port_bytes=128, token_lanes=2,
+                           wbuf_rows=2048, abuf_rows=1024, acc_groups=64,
+                           imem_depth=4096, mem=MemTiming(read_latency=32)),
+}
+
+
+def scale_point(name: str) -> ArrayParams:
+    """Return the named scale point, or raise a ValueError that lists the valid names."""
+    try:
+        return SCALE_POINTS[name]
+    except KeyError:
+        raise ValueError(f"unknown scale point {name!r}; choose one of "
+                         f"{', '.join(SCALE_POINTS)}") from None

@@ -1,0 +1,113 @@
+"""The dispatcher: fetch from program memory, decode the header, hand out to the unit queues."""
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .isa import INSTR_BITS, UNIT_OF, ErrorCode, Opcode, Unit, header_layout
+from .params import ArrayParams
+
+__all__ = ["Dispatcher", "PC_BITS"]
+
+#: Width of a program address (the trace record's pc field).
+PC_BITS = 16
+
+
+class Dispatcher(wiring.Component):
+    """Fetch one instruction per cycle and dispatch it in order to its unit's queue.
+
+    Timing: the start cycle reads address 0; from then on the instruction at `pc` is decoded in
+    the cycle after it was read. A dispatch is written into the unit queue at the end of its
+    cycle and the next instruction is decoded in the next cycle, so one instruction per cycle
+    leaves while the queues have room. A HALT waits until `drained`, then retires.
+
+    Members
+    -------
+    imem_we, imem_addr, imem_data : In
+        Program memory write port, for the host between runs.
+    start : In(1)
+        Begin fetching at address 0 (the first decode is in the next cycle).
+    run : In(1)
+        The accelerator is running; nothing is decoded otherwise.
+    dispatch : Out(4)
+        One-hot by `Unit`: the decoded instruction goes to that unit's queue this cycle.
+    full : In(3)
+        Per LOAD/COMPUTE/STORE: its queue cannot take an instruction this cycle.
+    drained : In(1)
+        Every queue is empty and every unit idle.
+    instr, pc : Out
+        The decoded instruction word and its address.
+    halted : Out(1)
+        A HALT retires this cycle.
+    stall : Out(1)
+        An instruction waits for a full queue this cycle.
+    error : Out(ErrorCode)
+        Nonzero in a cycle where the decoded instruction is malformed.
+    """
+
+    def __init__(self, params: ArrayParams):
+        self.params = params
+        assert params.imem_depth <= 1 << PC_BITS
+        super().__init__({
+            "imem_we": In(1), "imem_addr": In(range(params.imem_depth)),
+            "imem_data": In(INSTR_BITS),
+            "start": In(1), "run": In(1),
+            "dispatch": Out(len(Unit)), "full": In(3), "drained": In(1),
+            "instr": Out(INSTR_BITS), "pc": Out(PC_BITS),
+            "halted": Out(1), "stall": Out(1), "error": Out(ErrorCode),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        m.submodules.imem = imem = Memory(shape=INSTR_BITS, depth=p.imem_depth, init=[])
+        wp = imem.write_port()
+        rp = imem.read_port()
+        m.d.comb += [wp.en.eq(self.imem_we), wp.addr.eq(self.imem_addr),
+                     wp.data.eq(self.imem_data)]
+
+        pc = Signal(PC_BITS)
+        head = data.View(header_layout(), rp.data)
+        advance = Signal()
+        m.d.comb += [self.instr.eq(rp.data), self.pc.eq(pc)]
+        # The read port holds its data while not enabled, so a stalled instruction stays put.
+        m.d.comb += rp.en.eq(self.start | advance)
+        m.d.comb += rp.addr.eq(pc + advance)
+        with m.If(self.start):
+            m.d.sync += pc.eq(0)
+            m.d.comb += rp.addr.eq(0)
+        with m.Elif(advance):
+            m.d.sync += pc.eq(pc + 1)
+
+        legal = Signal()
+        bad_dep = Signal()
+        unit = Signal(Unit)
+        with m.Switch(head.opcode):
+            for op in Opcode:
+                with m.Case(op):
+                    m.d.comb += [legal.eq(1), unit.eq(UNIT_OF[op])]
+        flags = [head.pop_prev, head.pop_next, head.push_prev, head.push_next]
+        with m.Switch(unit):
+            with m.Case(Unit.LOAD):
+                m.d.comb += bad_dep.eq(head.pop_prev | head.push_prev)
+            with m.Case(Unit.STORE):
+                m.d.comb += bad_dep.eq(head.pop_next | head.push_next)
+            with m.Case(Unit.DISPATCH):
+                m.d.comb += bad_dep.eq(flags[0] | flags[1] | flags[2] | flags[3])
+
+        with m.If(self.run):
+            with m.If(~legal):
+                m.d.comb += self.error.eq(ErrorCode.ILLEGAL_OPCODE)
+            with m.Elif(bad_dep):
+                m.d.comb += self.error.eq(ErrorCode.BAD_DEPENDENCY)
+            with m.Elif(unit == Unit.DISPATCH):
+                m.d.comb += self.halted.eq(self.drained)
+            with m.Elif(self.full.bit_select(unit, 1)):
+                m.d.comb += self.stall.eq(1)
+            with m.Elif(pc == p.imem_depth - 1):
+                # Fetching past the last address would wrap: a program must end in HALT.
+                m.d.comb += self.error.eq(ErrorCode.NO_HALT)
+            with m.Else():
+                m.d.comb += [advance.eq(1), self.dispatch.bit_select(unit, 1).eq(1)]
+        return m

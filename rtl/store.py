@@ -1,0 +1,129 @@
+"""The STORE unit: accumulator groups to the write channel as little-endian int32."""
+
+from amaranth.hdl import Array, Cat, Module, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .isa import INSTR_BITS, ErrorCode, Opcode, instr_layout
+from .load import ADDR_BITS
+from .params import OUT_BYTES, ArrayParams
+from .sequencer import PC_BITS
+
+__all__ = ["StoreUnit", "write_layout"]
+
+
+def write_layout(params: ArrayParams) -> data.StructLayout:
+    """Payload of a write request: a word address and one word of data."""
+    return data.StructLayout({"addr": ADDR_BITS, "data": params.port_bits})
+
+
+class StoreUnit(wiring.Component):
+    """Execute STOREs: for each token, `words` words of its results, rows in order.
+
+    Word w of token t holds rows w * port_bytes/4 .. of token t, each sign-extended to 32 bits,
+    and goes to address dram + t * stride + w (computed by adding, never multiplying).
+
+    Timing (an always-ready port): a STORE taken at cycle s writes in cycles
+    s+1 .. s + tokens*words and retires in the cycle of its last write.
+
+    Members
+    -------
+    head_valid, head_pc, head_instr : In
+    take : Out(1)
+    tok_prev : In(1)
+    pop_prev, push_prev : Out(1)
+    c_raddr : Out, c_rdata : In
+        Accumulator buffer read port.
+    wr_req : Out(stream.Signature(write_layout))
+    retire, retire_pc, error, error_pc, active, blocked, stall_dep, stall_port : Out
+    """
+
+    def __init__(self, params: ArrayParams):
+        self.params = params
+        p = params
+        super().__init__({
+            "head_valid": In(1), "head_pc": In(PC_BITS), "head_instr": In(INSTR_BITS),
+            "take": Out(1), "tok_prev": In(1), "pop_prev": Out(1), "push_prev": Out(1),
+            "c_raddr": Out(range(p.acc_groups)), "c_rdata": In(p.lanes * p.acc_bits),
+            "wr_req": Out(stream.Signature(write_layout(p))),
+            "retire": Out(1), "retire_pc": Out(PC_BITS),
+            "error": Out(ErrorCode), "error_pc": Out(PC_BITS),
+            "active": Out(1), "blocked": Out(1), "stall_dep": Out(1), "stall_port": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        lay = instr_layout(Opcode.STORE)
+        head = data.View(lay, self.head_instr)
+        lt_shift = p.token_lanes.bit_length() - 1
+
+        running = Signal()
+        pc = Signal(PC_BITS)
+        acc_g = Signal(len(head.acc) + 1)
+        tokens_left = Signal.like(head.tokens)
+        words = Signal.like(head.words)
+        addr = Signal(ADDR_BITS)
+        stride = Signal(ADDR_BITS)
+        word = Signal.like(head.words)
+        lane = Signal(range(p.token_lanes))
+        push_prev = Signal()
+
+        groups = (head.tokens + p.token_lanes - 1) >> lt_shift
+        m.d.comb += self.c_raddr.eq(acc_g)
+        with m.If(~running & self.head_valid):
+            m.d.comb += self.c_raddr.eq(head.acc)
+            with m.If(head.pop_prev & ~self.tok_prev):
+                m.d.comb += [self.blocked.eq(1), self.stall_dep.eq(1)]
+            with m.Elif((head.tokens == 0) | (head.words == 0) |
+                        (head.words > p.out_words_per_token) | (head.tokens > p.max_tokens)):
+                m.d.comb += [self.error.eq(ErrorCode.BAD_FIELD), self.error_pc.eq(self.head_pc)]
+            with m.Elif(head.acc + groups > p.acc_groups):
+                m.d.comb += [self.error.eq(ErrorCode.BAD_ADDRESS),
+                             self.error_pc.eq(self.head_pc)]
+            with m.Else():
+                m.d.comb += [self.take.eq(1), self.pop_prev.eq(head.pop_prev)]
+                m.d.sync += [
+                    running.eq(1), pc.eq(self.head_pc), acc_g.eq(head.acc),
+                    tokens_left.eq(head.tokens), words.eq(head.words), addr.eq(head.dram),
+                    stride.eq(head.stride), word.eq(0), lane.eq(0),
+                    push_prev.eq(head.push_prev),
+                ]
+
+        # The result words of every token lane, each the int32 images of port_bytes/4 rows.
+        per_word = p.port_bytes // OUT_BYTES
+        table = []
+        for j in range(p.token_lanes):
+            row = []
+            for w in range(p.out_words_per_token):
+                parts = []
+                for i in range(per_word):
+                    idx = j * p.row_lanes + w * per_word + i
+                    v = self.c_rdata[idx * p.acc_bits:(idx + 1) * p.acc_bits]
+                    parts.append(Cat(v, v[-1].replicate(8 * OUT_BYTES - p.acc_bits)))
+                row.append(Cat(*parts))
+            table.append(Array(row))
+        table = Array(table)
+
+        with m.If(running):
+            m.d.comb += [self.wr_req.valid.eq(1), self.wr_req.payload.addr.eq(addr + word),
+                         self.wr_req.payload.data.eq(table[lane][word])]
+            with m.If(~self.wr_req.ready):
+                m.d.comb += self.stall_port.eq(1)
+            with m.Elif(word == words - 1):
+                m.d.sync += [word.eq(0), addr.eq(addr + stride),
+                             tokens_left.eq(tokens_left - 1)]
+                with m.If(tokens_left == 1):
+                    m.d.sync += running.eq(0)
+                    m.d.comb += [self.retire.eq(1), self.retire_pc.eq(pc),
+                                 self.push_prev.eq(push_prev)]
+                with m.Elif(lane == p.token_lanes - 1):
+                    # Read the next group now so its data is there for the next word.
+                    m.d.sync += [lane.eq(0), acc_g.eq(acc_g + 1)]
+                    m.d.comb += self.c_raddr.eq(acc_g + 1)
+                with m.Else():
+                    m.d.sync += lane.eq(lane + 1)
+            with m.Else():
+                m.d.sync += word.eq(word + 1)
+        m.d.comb += self.active.eq(running)
+        return m

@@ -1,0 +1,279 @@
+"""The accelerator: dispatcher, LOAD/COMPUTE/STORE units, buffers, tokens, status, counters.
+
+Run ``python -m rtl.top --verilog DIR [SCALE_POINT ...]`` to write Verilog for scale points.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from amaranth.back import verilog
+from amaranth.hdl import Cat, EnableInserter, Module, Mux, ResetInserter, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .compute import ComputeUnit
+from .isa import COUNTER_BITS, INSTR_BITS, Counter, ErrorCode, Opcode, Status, Unit
+from .load import ADDR_BITS, LoadUnit
+from .params import SCALE_POINTS, ArrayParams, scale_point
+from .sequencer import PC_BITS, Dispatcher
+from .store import StoreUnit, write_layout
+
+__all__ = ["Accelerator", "OPCODE_OF_UNIT", "main"]
+
+#: The opcode each unit retires (the dispatcher retires only HALT).
+OPCODE_OF_UNIT = {Unit.LOAD: Opcode.LOAD, Unit.COMPUTE: Opcode.MATMUL, Unit.STORE: Opcode.STORE,
+                  Unit.DISPATCH: Opcode.HALT}
+#: Width of the retire record's cycle field and of the cycle counter it is read from.
+CYCLE_BITS = 40
+
+
+class Accelerator(wiring.Component):
+    """Run a program of `rtl.isa` instructions against an external memory port.
+
+    The host writes the program through `imem_*` while the accelerator is not running, then
+    pulses `start` (ignored while `draining`). `status` goes RUNNING in the next cycle and ends
+    DONE when a HALT retires or ERROR (with `error` and `error_pc`) when anything is malformed;
+    either way `counters` hold the run's performance counters until the next start.
+
+    Members
+    -------
+    imem_we, imem_addr, imem_data : In
+    start : In(1)
+    status : Out(Status)
+    error : Out(ErrorCode)
+    error_pc : Out(PC_BITS)
+    draining : Out(1)
+        Read responses of an aborted run are still outstanding; `start` waits for them.
+    counters : Out(ArrayLayout(COUNTER_BITS, len(Counter)))
+    retire_valid : Out(len(Unit))
+        One bit per `Unit`: it retires an instruction this cycle.
+    retire_pc : Out(ArrayLayout(PC_BITS, len(Unit)))
+    rd_req : Out(stream.Signature(ADDR_BITS))
+        Read requests, word addresses.
+    rd_resp : In(stream.Signature(port_bits))
+        Read data, in request order. Always accepted.
+    wr_req : Out(stream.Signature(write_layout))
+        Writes of whole words.
+    """
+
+    def __init__(self, params: ArrayParams):
+        self.params = params
+        super().__init__({
+            "imem_we": In(1), "imem_addr": In(range(params.imem_depth)),
+            "imem_data": In(INSTR_BITS), "start": In(1),
+            "status": Out(Status), "error": Out(ErrorCode), "error_pc": Out(PC_BITS),
+            "draining": Out(1),
+            "counters": Out(data.ArrayLayout(COUNTER_BITS, len(Counter))),
+            "retire_valid": Out(len(Unit)),
+            "retire_pc": Out(data.ArrayLayout(PC_BITS, len(Unit))),
+            "rd_req": Out(stream.Signature(ADDR_BITS)),
+            "rd_resp": In(stream.Signature(params.port_bits)),
+            "wr_req": Out(stream.Signature(write_layout(params))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+
+        status = Signal(Status)
+        error = Signal(ErrorCode)
+        error_pc = Signal(PC_BITS)
+        run = Signal()
+        begin = Signal()
+        outstanding = Signal(range(1 << 12))
+        m.d.comb += [self.status.eq(status), self.error.eq(error), self.error_pc.eq(error_pc),
+                     run.eq(status == Status.RUNNING), self.draining.eq(outstanding != 0)]
+        m.d.comb += begin.eq(self.start & (status != Status.RUNNING) & (outstanding == 0))
+
+        def unit(name, component):
+            # Reset at every start; frozen whenever the accelerator is not running.
+            m.submodules[name] = EnableInserter(run)(ResetInserter(begin)(component))
+            return component
+
+        disp = Dispatcher(p)
+        m.submodules.dispatcher = ResetInserter(begin)(disp)
+        m.d.comb += [disp.imem_we.eq(self.imem_we), disp.imem_addr.eq(self.imem_addr),
+                     disp.imem_data.eq(self.imem_data), disp.start.eq(begin), disp.run.eq(run)]
+
+        load = unit("load", LoadUnit(p))
+        comp = unit("compute", ComputeUnit(p))
+        store = unit("store", StoreUnit(p))
+        units = {Unit.LOAD: load, Unit.COMPUTE: comp, Unit.STORE: store}
+
+        # -- instruction queues ----------------------------------------------------------------
+        full = []
+        for u, un in units.items():
+            q = unit(f"queue_{u.name.lower()}", SyncFIFO(width=PC_BITS + INSTR_BITS,
+                                                          depth=p.queue_depth))
+            m.d.comb += [
+                q.w_en.eq(disp.dispatch[u]), q.w_data.eq(Cat(disp.instr, disp.pc)),
+                un.head_valid.eq(q.r_rdy), un.head_instr.eq(q.r_data[:INSTR_BITS]),
+                un.head_pc.eq(q.r_data[INSTR_BITS:]), q.r_en.eq(un.take),
+            ]
+            full.append(~q.w_rdy)
+            un.queue = q
+        m.d.comb += disp.full.eq(Cat(*full))
+
+        # -- buffers ---------------------------------------------------------------------------
+        m.submodules.wbuf = wbuf = Memory(shape=2 * p.row_lanes, depth=p.wbuf_rows, init=[])
+        m.submodules.abuf = abuf = Memory(shape=p.port_bits, depth=p.abuf_rows, init=[])
+        m.submodules.accbuf = accbuf = Memory(shape=p.lanes * p.acc_bits, depth=p.acc_groups,
+                                              init=[])
+        wbuf_w, wbuf_r = wbuf.write_port(), wbuf.read_port()
+        abuf_w, abuf_r = abuf.write_port(), abuf.read_port()
+        acc_w, acc_rc, acc_rs = accbuf.write_port(), accbuf.read_port(), accbuf.read_port()
+        m.d.comb += [
+            wbuf_w.en.eq(load.w_en & run), wbuf_w.addr.eq(load.w_addr),
+            wbuf_w.data.eq(load.w_data),
+            abuf_w.en.eq(load.a_en & run), abuf_w.addr.eq(load.a_addr),
+            abuf_w.data.eq(load.a_data),
+            wbuf_r.addr.eq(comp.w_addr), comp.w_data.eq(wbuf_r.data),
+            abuf_r.addr.eq(comp.a_addr), comp.a_data.eq(abuf_r.data),
+            acc_rc.addr.eq(comp.c_raddr), comp.c_rdata.eq(acc_rc.data),
+            acc_w.en.eq(comp.c_we & run), acc_w.addr.eq(comp.c_waddr),
+            acc_w.data.eq(comp.c_wdata),
+            acc_rs.addr.eq(store.c_raddr), store.c_rdata.eq(acc_rs.data),
+        ]
+
+        # -- memory port: requests leave only while running; responses are always taken ---------
+        m.d.comb += [
+            self.rd_req.payload.eq(load.rd_req.payload),
+            self.rd_req.valid.eq(load.rd_req.valid & run),
+            load.rd_req.ready.eq(self.rd_req.ready),
+            load.rd_resp.payload.eq(self.rd_resp.payload),
+            load.rd_resp.valid.eq(self.rd_resp.valid & run),
+            self.rd_resp.ready.eq(1),
+            self.wr_req.payload.eq(store.wr_req.payload),
+            self.wr_req.valid.eq(store.wr_req.valid & run),
+            store.wr_req.ready.eq(self.wr_req.ready),
+        ]
+        req = self.rd_req.valid & self.rd_req.ready
+        resp = self.rd_resp.valid
+        with m.If(req & ~resp):
+            m.d.sync += outstanding.eq(outstanding + 1)
+        with m.Elif(resp & ~req & (outstanding != 0)):
+            m.d.sync += outstanding.eq(outstanding - 1)
+
+        # -- dependency tokens -----------------------------------------------------------------
+        # (producer push, consumer pop, the consumer's availability input)
+        links = {
+            "l2c": (load.push_next, comp.pop_prev, comp.tok_prev),
+            "c2l": (comp.push_prev, load.pop_next, load.tok_next),
+            "c2s": (comp.push_next, store.pop_prev, store.tok_prev),
+            "s2c": (store.push_prev, comp.pop_next, comp.tok_next),
+        }
+        overflow = Signal()
+        overflow_pc = Signal(PC_BITS)
+        pusher_pc = {"l2c": load.retire_pc, "c2l": comp.retire_pc, "c2s": comp.retire_pc,
+                     "s2c": store.retire_pc}
+        for name, (push, pop, avail) in links.items():
+            count = Signal(range(p.token_depth + 1), name=f"tokens_{name}")
+            m.d.comb += avail.eq(count != 0)
+            with m.If(~begin):
+                with m.If(push & ~pop):
+                    with m.If(count == p.token_depth):
+                        m.d.comb += [overflow.eq(1), overflow_pc.eq(pusher_pc[name])]
+                    with m.Else():
+                        m.d.sync += count.eq(count + 1)
+                with m.Elif(pop & ~push):
+                    m.d.sync += count.eq(count - 1)
+            with m.Else():
+                m.d.sync += count.eq(0)
+
+        # -- drain, deadlock, status -----------------------------------------------------------
+        idle = [~un.active & ~un.queue.r_rdy for un in units.values()]
+        m.d.comb += disp.drained.eq(idle[0] & idle[1] & idle[2])
+        stuck_units = [~un.active & (un.blocked | ~un.queue.r_rdy) for un in units.values()]
+        any_blocked = load.blocked | comp.blocked | store.blocked
+        halt_waiting = (disp.error == ErrorCode.NONE) & ~disp.halted & \
+            (Signal.cast(disp.dispatch) == 0) & ~disp.stall
+        deadlock = run & any_blocked & stuck_units[0] & stuck_units[1] & stuck_units[2] & \
+            (disp.stall | halt_waiting)
+
+        stop_error = Signal(ErrorCode)
+        stop_pc = Signal(PC_BITS)
+        with m.If(load.error != ErrorCode.NONE):
+            m.d.comb += [stop_error.eq(load.error), stop_pc.eq(load.error_pc)]
+        with m.Elif(comp.error != ErrorCode.NONE):
+            m.d.comb += [stop_error.eq(comp.error), stop_pc.eq(comp.error_pc)]
+        with m.Elif(store.error != ErrorCode.NONE):
+            m.d.comb += [stop_error.eq(store.error), stop_pc.eq(store.error_pc)]
+        with m.Elif(overflow):
+            m.d.comb += [stop_error.eq(ErrorCode.TOKEN_OVERFLOW), stop_pc.eq(overflow_pc)]
+        with m.Elif(disp.error != ErrorCode.NONE):
+            m.d.comb += [stop_error.eq(disp.error), stop_pc.eq(disp.pc)]
+        with m.Elif(deadlock):
+            m.d.comb += [stop_error.eq(ErrorCode.DEADLOCK), stop_pc.eq(disp.pc)]
+
+        with m.If(begin):
+            m.d.sync += [status.eq(Status.RUNNING), error.eq(ErrorCode.NONE), error_pc.eq(0)]
+        with m.Elif(run):
+            with m.If(stop_error != ErrorCode.NONE):
+                m.d.sync += [status.eq(Status.ERROR), error.eq(stop_error), error_pc.eq(stop_pc)]
+            with m.Elif(disp.halted):
+                m.d.sync += status.eq(Status.DONE)
+
+        # -- retire ports and counters ---------------------------------------------------------
+        for u, un in units.items():
+            m.d.comb += [self.retire_valid[u].eq(un.retire & run),
+                         self.retire_pc[u].eq(un.retire_pc)]
+        m.d.comb += [self.retire_valid[Unit.DISPATCH].eq(disp.halted & run),
+                     self.retire_pc[Unit.DISPATCH].eq(disp.pc)]
+
+        increments = {
+            Counter.CYCLES: 1,
+            Counter.BUSY_LANE_CYCLES: comp.busy_lanes,
+            Counter.SKIPPED_ZERO: comp.skipped,
+            Counter.BYTES_READ: Mux(load.rd_resp.valid, p.port_bytes, 0),
+            Counter.BYTES_WRITTEN: Mux(self.wr_req.valid & self.wr_req.ready, p.port_bytes, 0),
+            Counter.STALL_LOAD_DEP: load.stall_dep,
+            Counter.STALL_COMPUTE_DEP: comp.stall_dep,
+            Counter.STALL_STORE_DEP: store.stall_dep,
+            Counter.STALL_READ_PORT: load.stall_port,
+            Counter.STALL_WRITE_PORT: store.stall_port,
+            Counter.STALL_DISPATCH: disp.stall,
+        }
+        assert set(increments) == set(Counter)
+        for c, inc in increments.items():
+            with m.If(begin):
+                m.d.sync += self.counters[c].eq(0)
+            with m.Elif(run):
+                m.d.sync += self.counters[c].eq(self.counters[c] + inc)
+        return m
+
+
+def write_verilog(params: ArrayParams, path: Path) -> Path:
+    """Write the accelerator at `params` as Verilog (top module `ternary_accel`)."""
+    top = Accelerator(params)
+    text = verilog.convert(top, name="ternary_accel", strip_internal_attrs=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".v.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rtl.top", description=__doc__.split("\n")[0])
+    ap.add_argument("--verilog", metavar="DIR", type=Path, required=True,
+                    help="write DIR/<scale point>.v")
+    ap.add_argument("points", nargs="*", default=list(SCALE_POINTS),
+                    help=f"scale points (default: all of {', '.join(SCALE_POINTS)})")
+    args = ap.parse_args(argv)
+    try:
+        params = [scale_point(n) for n in args.points]
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for prm in params:
+        out = write_verilog(prm, args.verilog / f"{prm.name}.v")
+        print(f"{prm.name}: {prm.lanes} lanes ({prm.row_lanes} rows x {prm.token_lanes} tokens), "
+              f"{prm.port_bits}-bit port -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

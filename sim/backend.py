@@ -1,0 +1,100 @@
+"""What every backend (simulator, Verilator, Amaranth's simulator) takes and returns.
+
+A `Job` is a program and the initial contents of external memory; a `RunResult` is what the
+accelerator did with it: final status, the retire trace, the performance counters and every
+word it wrote. Backends implement `run(jobs) -> results`; tests compare results across
+backends field by field (`RunResult.mismatch`).
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rtl.isa import Counter, ErrorCode, Instr, Status, TraceRecord
+from rtl.params import ArrayParams
+
+__all__ = ["Job", "RunResult", "MemoryImage"]
+
+
+@dataclass
+class MemoryImage:
+    """External memory as regions of whole words: {base word address: uint8 (words, P)}."""
+
+    port_bytes: int
+    regions: dict = field(default_factory=dict)
+
+    def add(self, base: int, words: np.ndarray) -> None:
+        words = np.ascontiguousarray(words, np.uint8).reshape(-1, self.port_bytes)
+        self.regions[int(base)] = words
+
+    def word_dict(self) -> dict:
+        """{address: int} for every word (for small images and the cocotb memory model)."""
+        out = {}
+        for base, words in self.regions.items():
+            ints = [int.from_bytes(w.tobytes(), "little") for w in words]
+            out.update({base + i: v for i, v in enumerate(ints)})
+        return out
+
+
+@dataclass
+class Job:
+    """A program and the memory it runs against."""
+
+    program: list
+    memory: MemoryImage
+    mode: str = "lockstep"          # or "random": seeded stalls and extra latency (results only)
+    seed: int = 0
+    max_cycles: int = 1_000_000
+
+    def words(self) -> list:
+        return [i.encode() if isinstance(i, Instr) else int(i) for i in self.program]
+
+
+@dataclass
+class RunResult:
+    """What one run did."""
+
+    status: Status
+    error: ErrorCode
+    error_pc: int
+    counters: dict
+    trace: list
+    writes: list                     # [(word address, int)] in the order they happened
+    port_bytes: int
+    timeout: bool = False
+
+    def region(self, base: int, words: int) -> np.ndarray:
+        """The result words written to [base, base + words) as uint8 (words, P)."""
+        out = np.zeros((words, self.port_bytes), np.uint8)
+        for addr, value in self.writes:
+            if base <= addr < base + words:
+                out[addr - base] = np.frombuffer(value.to_bytes(self.port_bytes, "little"),
+                                                 np.uint8)
+        return out
+
+    def mismatch(self, other: "RunResult") -> str | None:
+        """A one-line description of the first difference from `other`, or None."""
+        for name in ("status", "error", "error_pc", "timeout"):
+            a, b = getattr(self, name), getattr(other, name)
+            if a != b:
+                return f"{name}: {a!r} != {b!r}"
+        for c in Counter:
+            a, b = self.counters[c.name], other.counters[c.name]
+            if a != b:
+                return f"counter {c.name}: {a} != {b}"
+        for i, (a, b) in enumerate(zip(self.trace, other.trace)):
+            if a != b:
+                return f"trace record {i}: {a} != {b}"
+        if len(self.trace) != len(other.trace):
+            return f"trace length {len(self.trace)} != {len(other.trace)}"
+        if sorted(self.writes) != sorted(other.writes):
+            return "written words differ"
+        return None
+
+    @classmethod
+    def from_json(cls, d: dict, params: ArrayParams) -> "RunResult":
+        return cls(status=Status(d["status"]), error=ErrorCode(d["error"]),
+                   error_pc=d["error_pc"], counters=dict(d["counters"]),
+                   trace=[TraceRecord.decode(w) for w in d["trace"]],
+                   writes=[(a, int(v, 16)) for a, v in d["writes"]],
+                   port_bytes=params.port_bytes, timeout=d.get("timeout", False))

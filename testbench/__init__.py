@@ -1,0 +1,1 @@
+"""cocotb testbenches run under Verilator, and the Verilator backend for program runs."""

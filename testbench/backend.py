@@ -1,0 +1,39 @@
+"""The Verilator backend: run `sim.backend.Job`s on the RTL through cocotb."""
+
+from rtl.params import ArrayParams
+from rtl.top import Accelerator
+from sim.backend import Job, RunResult
+
+from .verilator import build, run_cocotb
+
+__all__ = ["VerilatorBackend"]
+
+
+class VerilatorBackend:
+    """Build the accelerator for `params` once; run batches of jobs on it back to back."""
+
+    name = "verilator"
+
+    def __init__(self, params: ArrayParams, waves: bool = False):
+        self.params = params
+        self.waves = waves
+        self.runner, self.build_dir = build(Accelerator(params), f"accel-{params.name}",
+                                            toplevel="ternary_accel", waves=waves)
+
+    def run(self, jobs: list) -> list:
+        p = self.params
+        payload = {"port_bytes": p.port_bytes, "imem_depth": p.imem_depth, "jobs": [
+            {"program": [f"{w:x}" for w in job.words()],
+             "memory": {str(a): f"{v:x}" for a, v in job.memory.word_dict().items()},
+             "mode": job.mode, "seed": job.seed, "latency": p.mem.read_latency,
+             "max_cycles": job.max_cycles}
+            for job in jobs]}
+        out = run_cocotb(self.runner, self.build_dir, "testbench.accel_cocotb", "ternary_accel",
+                         payload, waves=self.waves)
+        results = [RunResult.from_json(r, p) for r in out["results"]]
+        for r, raw in zip(results, out["results"]):
+            r.reads, r.responses = raw["reads"], raw["responses"]
+        return results
+
+    def run_one(self, job: Job) -> RunResult:
+        return self.run([job])[0]

