@@ -261,8 +261,12 @@ Halt = _make_class("Halt", Opcode.HALT)
 INSTR_CLASSES = {cls.opcode: cls for cls in (Load, MatMul, Store, Halt)}
 
 
-def decode(word: int) -> Instr:
-    """Decode an instruction word; raise ValueError for an illegal opcode or stray bits."""
+def decode(word: int, strict: bool = True) -> Instr:
+    """Decode an instruction word; raise ValueError for an illegal opcode.
+
+    With `strict`, bits outside the opcode's fields are refused too; without it they are
+    ignored, as the hardware ignores them.
+    """
     if not 0 <= word < 1 << INSTR_BITS:
         raise ValueError(f"instruction word {word:#x} is not {INSTR_BITS} bits")
     raw = word & 0xF
@@ -277,7 +281,7 @@ def decode(word: int) -> Instr:
         covered |= f.mask << f.lsb
         if f.name != "opcode":
             values[f.name] = (word >> f.lsb) & f.mask
-    if word & ~covered:
+    if strict and word & ~covered:
         raise ValueError(f"{op.name}: bits set outside its fields ({word & ~covered:#x})")
     return cls(**values)
 

@@ -15,9 +15,6 @@ __all__ = ["LoadUnit", "ADDR_BITS"]
 #: Width of an external memory word address (the LOAD/STORE `dram` fields).
 ADDR_BITS = 32
 
-#: Loads whose requests are all out but whose responses are not all back.
-LOADS_IN_FLIGHT = 4
-
 
 def _descriptor_layout():
     lay = instr_layout(Opcode.LOAD)
@@ -32,7 +29,7 @@ class LoadUnit(wiring.Component):
     """Execute LOADs: issue read requests row by row, write responses into a buffer in order.
 
     The request side and the response side are decoupled: the next LOAD issues its requests
-    while the responses of earlier ones (up to LOADS_IN_FLIGHT instructions) are still coming
+    while the responses of earlier ones (up to `loads_in_flight` instructions) are still coming
     back. Weight words pass through a `WeightDecoder` on their way into the weight buffer.
 
     Timing (an always-ready port): a LOAD taken at cycle s presents its rows x length requests
@@ -86,7 +83,7 @@ class LoadUnit(wiring.Component):
         lay = instr_layout(Opcode.LOAD)
         head = data.View(lay, self.head_instr)
         desc_lay = _descriptor_layout()
-        m.submodules.inflight = inflight = SyncFIFO(width=desc_lay.size, depth=LOADS_IN_FLIGHT)
+        m.submodules.inflight = inflight = SyncFIFO(width=desc_lay.size, depth=p.loads_in_flight)
 
         # -- request side ----------------------------------------------------------------------
         busy = Signal()

@@ -53,6 +53,7 @@ class ArrayParams:
     max_k : largest reduction length that provably cannot overflow an accumulator.
     queue_depth : instructions buffered in front of each of the load, compute and store units.
     token_depth : capacity of each dependency-token queue between units.
+    loads_in_flight : LOADs whose requests are all out but whose responses are not all back.
     imem_depth : instructions the program memory holds.
     encodings : weight encodings the decoder implements (`rtl.isa.WeightEncoding` values).
     mem : timing of the external memory port.
@@ -67,6 +68,7 @@ class ArrayParams:
     max_k: int = 16384
     queue_depth: int = 4
     token_depth: int = 8
+    loads_in_flight: int = 4
     imem_depth: int = 1024
     encodings: tuple = tuple(WeightEncoding)
     mem: MemTiming = field(default_factory=MemTiming)
@@ -86,6 +88,7 @@ class ArrayParams:
             (self.max_k >= 1, "max_k must be >= 1"),
             (self.queue_depth >= 1, "queue_depth must be >= 1"),
             (self.token_depth >= 1, "token_depth must be >= 1"),
+            (self.loads_in_flight >= 1, "loads_in_flight must be >= 1"),
             (self.imem_depth >= 2, "imem_depth must be >= 2"),
             (len(self.encodings) >= 1 and set(self.encodings) <= set(WeightEncoding),
              "encodings must be a non-empty subset of rtl.isa.WeightEncoding"),
@@ -140,7 +143,7 @@ SCALE_POINTS = {
     # 640 rows divide the 2B4T projection heights 2560 and 640 and tile 6912 at 98%.
     "default": ArrayParams(name="default", port_bytes=128, token_lanes=2,
                            wbuf_rows=2048, abuf_rows=1024, acc_groups=64,
-                           imem_depth=4096, mem=MemTiming(read_latency=32)),
+                           imem_depth=4096, queue_depth=8, mem=MemTiming(read_latency=32)),
 }
 
 

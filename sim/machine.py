@@ -1,0 +1,483 @@
+"""The cycle-accurate simulator: the RTL's every retire cycle, counter and output bit.
+
+The model is event-driven: it evaluates the machine only in cycles where something can change
+(an instruction issues, retires or is dispatched, a unit frees up, an error falls due) and jumps
+over the cycles in between, adding the stall counters for the whole stretch. Each instruction's
+arithmetic is one vectorized numpy operation (a float32 matrix product is exact for int8 x
+ternary sums below 2^24: REFERENCE.md section 1).
+
+Timing rules (docs/architecture.md, "Cycle timing"), all from `rtl.params`:
+- dispatch: one instruction per cycle into a unit queue, visible to the unit the next cycle;
+- a unit issues in a cycle where it is free, its queue has a head and its pops are available;
+  tokens pushed at retirement in cycle r are visible from r+1;
+- LOAD (N words, latency L): requests s+1..s+N, free at s+N+1, retires at s+N+L;
+- MATMUL (G token groups): reads s+1..s+G*k_len, retires and frees at s+G*k_len+1;
+- STORE: writes s+1..s+tokens*words, retires there, free one cycle later;
+- HALT retires in the first cycle where all queues are empty and all units idle.
+
+Functional effects are applied when an instruction issues; this is exact for programs whose
+dependency tokens order every buffer hazard (the compiler's programs do). Programs that race
+on a buffer get exact timing but unspecified data, in hardware as here.
+"""
+
+import bisect
+from collections import deque
+
+import numpy as np
+
+from rtl.isa import (TRITS_PER_BYTE, Buffer, Counter, ErrorCode, Halt, Load, MatMul,
+                     Opcode, Status, Store, TraceRecord, Unit, WeightEncoding, decode)
+from rtl.params import ArrayParams
+
+from .backend import Job, MemoryImage, RunResult
+from .golden import unpack_trits
+
+__all__ = ["Simulator"]
+
+_ADDR_MASK = (1 << 32) - 1
+_NEVER = 1 << 62
+
+# Error priority within one cycle, as rtl/top.py resolves it.
+_PRIO_LOAD_RESP, _PRIO_LOAD_REQ, _PRIO_COMPUTE, _PRIO_STORE, _PRIO_OVERFLOW, _PRIO_DISPATCH, \
+    _PRIO_DEADLOCK = range(7)
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class _Memory:
+    """External memory: the job's regions for reads, and a log of writes."""
+
+    def __init__(self, image: MemoryImage):
+        self.p = image.port_bytes
+        self.bases = sorted(image.regions)
+        self.regions = [image.regions[b] for b in self.bases]
+        self.written: dict = {}
+        self.lo, self.hi = _NEVER, -1      # range of written addresses
+
+    def read(self, addr: int, count: int) -> np.ndarray:
+        """Words [addr, addr + count) as uint8 (count, P); unmapped words read zero."""
+        out = np.zeros((count, self.p), np.uint8)
+        if count == 0:
+            return out
+        i = bisect.bisect_right(self.bases, addr) - 1
+        if i >= 0 and addr + count <= self.bases[i] + len(self.regions[i]) and \
+                addr + count <= 1 << 32:
+            out[:] = self.regions[i][addr - self.bases[i]:addr - self.bases[i] + count]
+        else:
+            for w in range(count):
+                out[w] = self.read_word((addr + w) & _ADDR_MASK)
+        if self.lo < addr + count and addr <= self.hi:
+            for a, v in self.written.items():
+                if addr <= a < addr + count:
+                    out[a - addr] = v
+        return out
+
+    def write(self, addr: int, word: np.ndarray) -> None:
+        self.written[addr] = word.copy()
+        self.lo, self.hi = min(self.lo, addr), max(self.hi, addr)
+
+    def read_word(self, addr: int) -> np.ndarray:
+        if addr in self.written:
+            return self.written[addr]
+        i = bisect.bisect_right(self.bases, addr) - 1
+        if i >= 0 and addr < self.bases[i] + len(self.regions[i]):
+            return self.regions[i][addr - self.bases[i]]
+        return np.zeros(self.p, np.uint8)
+
+
+class _Run:
+    """One program run. Cycle numbers count from the first RUNNING cycle (0)."""
+
+    def __init__(self, p: ArrayParams, job: Job):
+        self.p = p
+        self.job = job
+        words = job.words()
+        if len(words) > p.imem_depth:
+            raise ValueError(f"program of {len(words)} instructions exceeds program memory "
+                             f"({p.imem_depth})")
+        self.imem = words + [0] * (p.imem_depth - len(words))
+        self.mem = _Memory(job.memory)
+        self.wbuf = np.zeros((p.wbuf_rows, p.row_lanes), np.int8)
+        self.abuf = np.zeros((p.abuf_rows, p.port_bytes), np.uint8)
+        self.acc = np.zeros((p.acc_groups, p.token_lanes, p.row_lanes), np.int64)
+        self.counters = dict.fromkeys(Counter, 0)
+        self.trace: list = []
+        self.writes: list = []        # (cycle, address, int)
+        self.busy_parts: list = []    # per MATMUL: (issue cycle, per-cycle busy and zero arrays)
+        self.read_spans: list = []    # per LOAD: (first response cycle, responses)
+        self.write_spans: list = []
+
+        self.queues = {u: deque() for u in (Unit.LOAD, Unit.COMPUTE, Unit.STORE)}
+        self.tokens = {"l2c": 0, "c2l": 0, "c2s": 0, "s2c": 0}
+        self.retires: dict = {}       # cycle -> [(unit, pc, {link: 1})]
+        self.errors: list = []        # (cycle, priority, code, pc)
+        self.inflight: list = []      # (issue cycle, retire cycle) of LOADs
+        self.gen_free = 0
+        self.comp_free = 0
+        self.comp_active_until = -1   # last cycle the COMPUTE unit is active
+        self.store_free = 0
+        self.pc = 0
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _level(self, u: Unit, c: int) -> int:
+        return sum(1 for e in self.queues[u] if e[2] <= c)
+
+    def _head(self, u: Unit, c: int):
+        q = self.queues[u]
+        return q[0] if q and q[0][2] <= c else None
+
+    def _inflight(self, c: int) -> int:
+        return sum(1 for s, r in self.inflight if s < c <= r)
+
+    def _schedule_retire(self, cycle: int, unit: Unit, pc: int, pushes: dict):
+        self.retires.setdefault(cycle, []).append((unit, pc, pushes))
+
+    def _error(self, cycle: int, prio: int, code: ErrorCode, pc: int):
+        self.errors.append((cycle, prio, code, pc))
+
+    # -- the units -------------------------------------------------------------------------------
+
+    def _load(self, c: int):
+        """The LOAD request side at cycle c. Returns (issued, stall_dep, stall_port)."""
+        p = self.p
+        if c < self.gen_free:
+            return False, False, False
+        head = self._head(Unit.LOAD, c)
+        if head is None:
+            return False, False, False
+        pc, ins, _ = head
+        if ins.pop_next and self.tokens["c2l"] == 0:
+            return False, True, False
+        enc_ok = ins.encoding in p.encodings
+        if ins.rows == 0 or ins.length == 0 or (ins.buffer == Buffer.WEIGHT and not enc_ok):
+            self._error(c, _PRIO_LOAD_REQ, ErrorCode.BAD_FIELD, pc)
+            return False, False, False
+        if self._inflight(c) >= p.loads_in_flight:
+            return False, False, True
+        self.queues[Unit.LOAD].popleft()
+        self.pops["c2l"] += ins.pop_next
+        depth = p.wbuf_rows if ins.buffer == Buffer.WEIGHT else p.abuf_rows
+        fit = max(0, (depth - ins.sram) // ins.length) if ins.sram <= depth else 0
+        rows = min(ins.rows, fit)
+        n = rows * ins.length
+        lat = p.mem.read_latency
+        if rows < ins.rows:
+            self._error(c + 1 + rows * ins.length, _PRIO_LOAD_REQ, ErrorCode.BAD_ADDRESS, pc)
+        data = np.concatenate([self.mem.read((ins.dram + r * ins.stride) & _ADDR_MASK,
+                                             ins.length) for r in range(rows)]) \
+            if rows else np.zeros((0, p.port_bytes), np.uint8)
+        self.read_spans.append((c + 1 + lat, n))
+        if ins.buffer == Buffer.WEIGHT:
+            trits, bad = self._decode(data, WeightEncoding(ins.encoding))
+            if bad.any():
+                first = int(np.argmax(bad))
+                self._error(c + 1 + first + lat, _PRIO_LOAD_RESP, ErrorCode.BAD_WEIGHT, pc)
+            good = ~bad
+            self.wbuf[ins.sram:ins.sram + n][good] = trits[good]
+        else:
+            self.abuf[ins.sram:ins.sram + n] = data
+        self.gen_free = c + 1 + n if rows == ins.rows else _NEVER
+        if rows == ins.rows:
+            self.inflight.append((c, c + n + lat))
+            self._schedule_retire(c + n + lat, Unit.LOAD, pc, {"l2c": ins.push_next})
+        return True, False, False
+
+    def _decode(self, words: np.ndarray, enc: WeightEncoding):
+        """Decode weight words to (n, row_lanes) trits and a per-word invalid flag."""
+        p = self.p
+        n = len(words)
+        per_word = TRITS_PER_BYTE[enc] * p.port_bytes
+        trits = np.zeros((n, p.row_lanes), np.int8)
+        bad = np.zeros(n, bool)
+        if n == 0:
+            return trits, bad
+        try:
+            trits[:, :per_word] = unpack_trits(words.reshape(-1), enc, n * per_word) \
+                .reshape(n, per_word)
+        except ValueError:
+            for i in range(n):
+                try:
+                    trits[i, :per_word] = unpack_trits(words[i], enc, per_word)
+                except ValueError:
+                    bad[i] = True
+        return trits, bad
+
+    def _compute(self, c: int):
+        """The COMPUTE unit at cycle c. Returns (issued, stall_dep)."""
+        p = self.p
+        if c < self.comp_free:
+            return False, False
+        head = self._head(Unit.COMPUTE, c)
+        if head is None:
+            return False, False
+        pc, ins, _ = head
+        if (ins.pop_prev and self.tokens["l2c"] == 0) or \
+                (ins.pop_next and self.tokens["s2c"] == 0):
+            return False, True
+        groups = _ceil(ins.tokens, p.token_lanes)
+        if ins.k_len == 0 or ins.tokens == 0 or ins.n_rows == 0 or ins.n_rows > p.row_lanes \
+                or ins.tokens > p.max_tokens:
+            self._error(c, _PRIO_COMPUTE, ErrorCode.BAD_FIELD, pc)
+            return False, False
+        if ins.wbuf + ins.k_len > p.wbuf_rows or ins.acc + groups > p.acc_groups:
+            self._error(c, _PRIO_COMPUTE, ErrorCode.BAD_ADDRESS, pc)
+            return False, False
+        self.queues[Unit.COMPUTE].popleft()
+        self.pops["l2c"] += ins.pop_prev
+        self.pops["s2c"] += ins.pop_next
+        k = ins.k_len
+        span = (((k - 1) * p.token_lanes) // p.port_bytes) + 1
+        ok_groups = groups
+        for g in range(groups):
+            if ins.abuf + g * ins.x_stride + span > p.abuf_rows:
+                self._error(c + 1 + g * k, _PRIO_COMPUTE, ErrorCode.BAD_ADDRESS, pc)
+                ok_groups = g
+                break
+        self._matmul(ins, ok_groups, span, c)
+        cycles = groups * k
+        self.comp_free = c + cycles + 1 if ok_groups == groups else _NEVER
+        self.comp_active_until = c + cycles + 1
+        if ok_groups == groups:
+            self._schedule_retire(c + cycles + 1, Unit.COMPUTE, pc,
+                                  {"c2l": ins.push_prev, "c2s": ins.push_next})
+        return True, False
+
+    def _matmul(self, ins: MatMul, groups: int, span: int, c: int):
+        p = self.p
+        lt, k = p.token_lanes, ins.k_len
+        w = self.wbuf[ins.wbuf:ins.wbuf + k].copy()
+        w[:, ins.n_rows:] = 0
+        zeros = (w[:, :ins.n_rows] == 0).sum(axis=1)
+        active = [min(lt, ins.tokens - g * lt) for g in range(groups)]
+        # Per stage-1 cycle (group-major), the busy and zero-weight lane counts.
+        self.busy_parts.append((c + 2, np.repeat(np.array(active, np.int64) * ins.n_rows, k),
+                                np.concatenate([zeros * a for a in active])
+                                if groups else np.zeros(0, np.int64)))
+        if not groups:
+            return
+        x = np.empty((groups, lt, k), np.float32)
+        for g in range(groups):
+            row = ins.abuf + g * ins.x_stride
+            raw = self.abuf[row:row + span].reshape(-1)[:k * lt].view(np.int8)
+            x[g] = raw.reshape(k, lt).T
+        prod = np.rint(x @ w.astype(np.float32)).astype(np.int64)      # (groups, lt, rows)
+        dst = self.acc[ins.acc:ins.acc + groups]
+        init = dst if ins.accumulate else np.zeros_like(dst)
+        mask = np.zeros((groups, lt, 1), bool)
+        for g, a in enumerate(active):
+            mask[g, :a] = True
+        out = init + np.where(mask, prod, 0)
+        half = 1 << (p.acc_bits - 1)
+        self.acc[ins.acc:ins.acc + groups] = (out + half) % (2 * half) - half
+
+    def _store(self, c: int):
+        """The STORE unit at cycle c. Returns (issued, stall_dep)."""
+        p = self.p
+        if c < self.store_free:
+            return False, False
+        head = self._head(Unit.STORE, c)
+        if head is None:
+            return False, False
+        pc, ins, _ = head
+        if ins.pop_prev and self.tokens["c2s"] == 0:
+            return False, True
+        groups = _ceil(ins.tokens, p.token_lanes)
+        if ins.tokens == 0 or ins.words == 0 or ins.words > p.out_words_per_token or \
+                ins.tokens > p.max_tokens:
+            self._error(c, _PRIO_STORE, ErrorCode.BAD_FIELD, pc)
+            return False, False
+        if ins.acc + groups > p.acc_groups:
+            self._error(c, _PRIO_STORE, ErrorCode.BAD_ADDRESS, pc)
+            return False, False
+        self.queues[Unit.STORE].popleft()
+        self.pops["c2s"] += ins.pop_prev
+        lt = p.token_lanes
+        vals = self.acc[ins.acc:ins.acc + groups].reshape(groups * lt, p.row_lanes)
+        images = vals[:ins.tokens].astype("<i4").view(np.uint8).reshape(ins.tokens, -1)
+        cyc = c + 1
+        for t in range(ins.tokens):
+            base = ins.dram + t * ins.stride
+            for wi in range(ins.words):
+                word = images[t, wi * p.port_bytes:(wi + 1) * p.port_bytes]
+                addr = (base + wi) & _ADDR_MASK
+                self.writes.append((cyc, addr, int.from_bytes(word.tobytes(), "little")))
+                self.mem.write(addr, word)
+                cyc += 1
+        n = ins.tokens * ins.words
+        self.write_spans.append((c + 1, n))
+        self.store_free = c + n + 1
+        self._schedule_retire(c + n, Unit.STORE, pc, {"s2c": ins.push_prev})
+        return True, False
+
+    # -- the whole machine -----------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        p = self.p
+        c = 0
+        end = None
+        status = Status.RUNNING
+        error = ErrorCode.NONE
+        error_pc = 0
+        timeout = False
+        while True:
+            self.pops = dict.fromkeys(self.tokens, 0)
+            levels = {u: self._level(u, c) for u in self.queues}
+            heads = {u: self._head(u, c) is not None for u in self.queues}
+            load_active = c < self.gen_free or self._inflight(c) > 0
+            comp_active = c <= self.comp_active_until
+            store_active = c < self.store_free
+            active = {Unit.LOAD: load_active, Unit.COMPUTE: comp_active,
+                      Unit.STORE: store_active}
+
+            issued_l, dep_l, port_l = self._load(c)
+            issued_c, dep_c = self._compute(c)
+            issued_s, dep_s = self._store(c)
+            blocked = {Unit.LOAD: dep_l, Unit.COMPUTE: dep_c, Unit.STORE: dep_s}
+
+            # The dispatcher.
+            dispatched = halted = stall_d = halt_wait = False
+            word = self.imem[self.pc]
+            try:
+                ins = decode(word, strict=False)
+            except ValueError:
+                self._error(c, _PRIO_DISPATCH, ErrorCode.ILLEGAL_OPCODE, self.pc)
+                ins = None
+            if ins is not None:
+                unit = _unit_of(ins)
+                if _bad_dependency(ins, unit):
+                    self._error(c, _PRIO_DISPATCH, ErrorCode.BAD_DEPENDENCY, self.pc)
+                elif unit == Unit.DISPATCH:
+                    drained = all(levels[u] == 0 and not active[u] for u in self.queues)
+                    halted = drained
+                    halt_wait = not drained
+                elif levels[unit] >= p.queue_depth:
+                    stall_d = True
+                elif self.pc == p.imem_depth - 1:
+                    self._error(c, _PRIO_DISPATCH, ErrorCode.NO_HALT, self.pc)
+                else:
+                    self.queues[unit].append((self.pc, ins, c + 1))
+                    self.pc += 1
+                    dispatched = True
+
+            # Deadlock: nothing active, somebody blocked, nobody can move.
+            stuck = all(not active[u] and (blocked[u] or not heads[u]) for u in self.queues)
+            if any(blocked.values()) and stuck and (stall_d or halt_wait):
+                self._error(c, _PRIO_DEADLOCK, ErrorCode.DEADLOCK, self.pc)
+
+            # Retirements and token updates.
+            retiring = self.retires.pop(c, [])
+            for unit, pc, pushes in sorted(retiring, key=lambda r: r[0]):
+                self.trace.append(TraceRecord(c, int(unit), pc, int(_OPCODE_OF[unit])))
+            if halted:
+                self.trace.append(TraceRecord(c, int(Unit.DISPATCH), self.pc, int(Opcode.HALT)))
+            pushed = dict.fromkeys(self.tokens, 0)
+            pusher = {}
+            for unit, pc, pushes in retiring:
+                for link, v in pushes.items():
+                    if v:
+                        pushed[link] += 1
+                        pusher[link] = pc
+            for link in ("l2c", "c2l", "c2s", "s2c"):
+                if pushed[link] and not self.pops[link] and self.tokens[link] == p.token_depth:
+                    self._error(c, _PRIO_OVERFLOW, ErrorCode.TOKEN_OVERFLOW, pusher[link])
+                else:
+                    self.tokens[link] += pushed[link] - self.pops[link]
+            self.inflight = [(s, r) for s, r in self.inflight if r > c]
+
+            stalls = {Counter.STALL_LOAD_DEP: dep_l, Counter.STALL_READ_PORT: port_l,
+                      Counter.STALL_COMPUTE_DEP: dep_c, Counter.STALL_STORE_DEP: dep_s,
+                      Counter.STALL_DISPATCH: stall_d}
+
+            now = [e for e in self.errors if e[0] == c]
+            if now:
+                _, _, error, error_pc = min(now, key=lambda e: e[1])
+                if error == ErrorCode.TOKEN_OVERFLOW:
+                    # Several overflows in one cycle: the last link's pusher is reported.
+                    error_pc = [e for e in now if e[1] == _PRIO_OVERFLOW][-1][3]
+                status, end = Status.ERROR, c
+            elif halted:
+                status, end = Status.DONE, c
+            if end is not None:
+                self._count_stalls(stalls, 1)
+                break
+
+            if issued_l or issued_c or issued_s or dispatched or retiring:
+                nxt = c + 1
+            else:
+                future = [t for t in (self.gen_free, self.comp_free, self.store_free,
+                                      self.comp_active_until + 1) if c < t < _NEVER]
+                future += [t for t in self.retires if t > c]
+                future += [e[0] for e in self.errors if e[0] > c]
+                future += [r + 1 for _, r in self.inflight if r + 1 > c]
+                nxt = min(future) if future else _NEVER
+            if nxt > self.job.max_cycles:
+                self._count_stalls(stalls, self.job.max_cycles + 1 - c)
+                timeout, end = True, self.job.max_cycles
+                break
+            self._count_stalls(stalls, nxt - c)
+            c = nxt
+
+        return self._result(end, status, error, error_pc, timeout)
+
+    def _count_stalls(self, stalls: dict, n: int):
+        for ctr, on in stalls.items():
+            if on:
+                self.counters[ctr] += n
+
+    def _result(self, end: int, status, error, error_pc, timeout) -> RunResult:
+        p = self.p
+        ctr = self.counters
+        ctr[Counter.CYCLES] = end + 1
+        for first, n in self.read_spans:
+            ctr[Counter.BYTES_READ] += p.port_bytes * max(0, min(n, end + 1 - first))
+        for first, n in self.write_spans:
+            ctr[Counter.BYTES_WRITTEN] += p.port_bytes * max(0, min(n, end + 1 - first))
+        for first, busy, zeros in self.busy_parts:
+            m = max(0, min(len(busy), end + 1 - first))
+            ctr[Counter.BUSY_LANE_CYCLES] += int(busy[:m].sum())
+            ctr[Counter.SKIPPED_ZERO] += int(zeros[:m].sum())
+        trace = sorted(r for r in self.trace if r.cycle <= end)
+        writes = [(a, v) for cyc, a, v in self.writes if cyc <= end]
+        return RunResult(status=status, error=error, error_pc=error_pc,
+                         counters={c.name: int(v) for c, v in ctr.items()}, trace=trace,
+                         writes=writes, port_bytes=p.port_bytes, timeout=timeout)
+
+
+_OPCODE_OF = {Unit.LOAD: Opcode.LOAD, Unit.COMPUTE: Opcode.MATMUL, Unit.STORE: Opcode.STORE,
+              Unit.DISPATCH: Opcode.HALT}
+_UNIT_OF_CLASS = {Load: Unit.LOAD, MatMul: Unit.COMPUTE, Store: Unit.STORE, Halt: Unit.DISPATCH}
+
+
+def _unit_of(ins) -> Unit:
+    return _UNIT_OF_CLASS[type(ins)]
+
+
+def _bad_dependency(ins, unit: Unit) -> bool:
+    if unit == Unit.LOAD:
+        return bool(ins.pop_prev or ins.push_prev)
+    if unit == Unit.STORE:
+        return bool(ins.pop_next or ins.push_next)
+    if unit == Unit.DISPATCH:
+        return bool(ins.pop_prev or ins.pop_next or ins.push_prev or ins.push_next)
+    return False
+
+
+class Simulator:
+    """The simulator backend: `run(jobs) -> [RunResult]`, as `testbench.backend` does on RTL."""
+
+    name = "sim"
+
+    def __init__(self, params: ArrayParams):
+        self.params = params
+
+    def run(self, jobs: list) -> list:
+        return [self.run_one(j) for j in jobs]
+
+    def run_one(self, job: Job) -> RunResult:
+        if job.mode != "lockstep":
+            raise ValueError("the simulator models the lockstep memory only")
+        return _Run(self.params, job).run()
+
