@@ -25,8 +25,22 @@ from collections import deque
 
 import numpy as np
 
-from rtl.isa import (TRITS_PER_BYTE, Buffer, Counter, ErrorCode, Halt, Load, MatMul,
-                     Opcode, Status, Store, TraceRecord, Unit, WeightEncoding, decode)
+from rtl.isa import (
+    TRITS_PER_BYTE,
+    Buffer,
+    Counter,
+    ErrorCode,
+    Halt,
+    Load,
+    MatMul,
+    Opcode,
+    Status,
+    Store,
+    TraceRecord,
+    Unit,
+    WeightEncoding,
+    decode,
+)
 from rtl.params import ArrayParams
 
 from .backend import Job, MemoryImage, RunResult
@@ -369,13 +383,13 @@ class _Run:
 
             # Retirements and token updates.
             retiring = self.retires.pop(c, [])
-            for unit, pc, pushes in sorted(retiring, key=lambda r: r[0]):
+            for unit, pc, _ in sorted(retiring, key=lambda r: r[0]):
                 self.trace.append(TraceRecord(c, int(unit), pc, int(_OPCODE_OF[unit])))
             if halted:
                 self.trace.append(TraceRecord(c, int(Unit.DISPATCH), self.pc, int(Opcode.HALT)))
             pushed = dict.fromkeys(self.tokens, 0)
             pusher = {}
-            for unit, pc, pushes in retiring:
+            for _, pc, pushes in retiring:
                 for link, v in pushes.items():
                     if v:
                         pushed[link] += 1
