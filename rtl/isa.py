@@ -281,9 +281,18 @@ def decode(word: int, strict: bool = True) -> Instr:
         covered |= f.mask << f.lsb
         if f.name != "opcode":
             values[f.name] = (word >> f.lsb) & f.mask
-    if strict and word & ~covered:
-        raise ValueError(f"{op.name}: bits set outside its fields ({word & ~covered:#x})")
-    return cls(**values)
+    if strict:
+        if word & ~covered:
+            raise ValueError(f"{op.name}: bits set outside its fields ({word & ~covered:#x})")
+        return cls(**values)
+    # As the hardware sees it: reserved enum values are kept as plain integers.
+    ins = object.__new__(cls)
+    for name, v in values.items():
+        f = next(f for f in cls.fields if f.name == name)
+        if f.shape is not None and v in set(f.shape):
+            v = f.shape(v)
+        object.__setattr__(ins, name, v)
+    return ins
 
 
 def header_layout() -> data.FlexibleLayout:

@@ -89,8 +89,9 @@ class Accelerator(wiring.Component):
         m.d.comb += begin.eq(self.start & (status != Status.RUNNING) & (outstanding == 0))
 
         def unit(name, component):
-            # Reset at every start; frozen whenever the accelerator is not running.
-            m.submodules[name] = EnableInserter(run)(ResetInserter(begin)(component))
+            # Reset at every start; frozen whenever the accelerator is not running. The enable
+            # must include the start cycle itself, or it would mask the reset.
+            m.submodules[name] = EnableInserter(run | begin)(ResetInserter(begin)(component))
             return component
 
         disp = Dispatcher(p)
@@ -172,7 +173,7 @@ class Accelerator(wiring.Component):
         for name, (push, pop, avail) in links.items():
             count = Signal(range(p.token_depth + 1), name=f"tokens_{name}")
             m.d.comb += avail.eq(count != 0)
-            with m.If(~begin):
+            with m.If(run & ~begin):
                 with m.If(push & ~pop):
                     with m.If(count == p.token_depth):
                         m.d.comb += [overflow.eq(1), overflow_pc.eq(pusher_pc[name])]
@@ -180,7 +181,7 @@ class Accelerator(wiring.Component):
                         m.d.sync += count.eq(count + 1)
                 with m.Elif(pop & ~push):
                     m.d.sync += count.eq(count - 1)
-            with m.Else():
+            with m.Elif(begin):
                 m.d.sync += count.eq(0)
 
         # -- drain, deadlock, status -----------------------------------------------------------

@@ -22,6 +22,10 @@ class VerilatorBackend:
 
     def run(self, jobs: list) -> list:
         p = self.params
+        for job in jobs:
+            if len(job.program) > p.imem_depth:
+                raise ValueError(f"program of {len(job.program)} instructions exceeds program "
+                                 f"memory ({p.imem_depth})")
         payload = {"port_bytes": p.port_bytes, "imem_depth": p.imem_depth, "jobs": [
             {"program": [f"{w:x}" for w in job.words()],
              "memory": {str(a): f"{v:x}" for a, v in job.memory.word_dict().items()},

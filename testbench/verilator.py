@@ -77,14 +77,17 @@ def run_cocotb(runner, bdir: Path, module: str, toplevel: str, payload: dict,
         out = Path(tmp) / "result.json"
         job.write_text(json.dumps(payload))
         wave_dir = bdir / "waves"
-        runner.test(test_module=module, hdl_toplevel=toplevel, testcase=testcase,
-                    build_dir=bdir, test_dir=tmp, waves=waves,
-                    extra_env={"TB_JOB": str(job), "TB_RESULT": str(out),
-                               "PYTHONPATH": os.pathsep.join([str(ROOT),
-                                                              os.environ.get("PYTHONPATH", "")])},
-                    log_file=Path(tmp) / "sim.log")
+        pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+        try:
+            runner.test(test_module=module, hdl_toplevel=toplevel, testcase=testcase,
+                        build_dir=bdir, test_dir=tmp, waves=waves,
+                        extra_env={"TB_JOB": str(job), "TB_RESULT": str(out),
+                                   "PYTHONPATH": pythonpath},
+                        log_file=Path(tmp) / "sim.log")
+        except (SystemExit, Exception):
+            pass   # the runner exits when a cocotb test fails; the log says why
         if not out.exists():
-            log = (Path(tmp) / "sim.log").read_text()[-4000:]
+            log = (Path(tmp) / "sim.log").read_text()[-6000:]
             raise RuntimeError(f"cocotb run of {module} produced no result; log tail:\n{log}")
         result = json.loads(out.read_text())
         if waves:

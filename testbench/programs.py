@@ -1,0 +1,222 @@
+"""Programs for tests: planned projections, fuzzed instruction streams and malformed programs.
+
+Every generator is seeded; the seed is part of each case's name.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from compiler.tiling import (
+    pack_activation_image,
+    pack_weight_image,
+    plan_projection,
+    unpack_results,
+)
+from rtl.isa import (FORMATS, Buffer, ErrorCode, Halt, Load, MatMul, Opcode, Store,
+                     WeightEncoding)
+from rtl.params import ArrayParams
+from sim.backend import Job, MemoryImage
+from sim.golden import pack_trits, ternary_matmul
+
+__all__ = ["Case", "projection_case", "projection_cases", "special_cases", "fuzz_job",
+           "error_cases"]
+
+
+@dataclass
+class Case:
+    """A job and what it must produce: y (int32) at the plan's result region, or an error."""
+
+    name: str
+    job: Job
+    plan: object = None
+    expected: np.ndarray | None = None
+    error: ErrorCode = ErrorCode.NONE
+    error_pc: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def outputs(self, result) -> np.ndarray:
+        return unpack_results(self.plan, result.region(self.plan.y_base, self.plan.y_words))
+
+
+@dataclass
+class _ResultRegion:
+    """Where a hand-written program leaves its int32 results (the part of a Plan tests use)."""
+
+    n: int
+    tokens: int
+    y_base: int
+    y_words: int
+
+
+def projection_case(params: ArrayParams, name: str, w_t: np.ndarray, x_q: np.ndarray,
+                    encoding=WeightEncoding.BASE3, **plan_args) -> Case:
+    n, k = w_t.shape
+    plan = plan_projection(params, n, k, x_q.shape[0], encoding, **plan_args)
+    mem = MemoryImage(params.port_bytes)
+    mem.add(plan.w_base, pack_weight_image(plan, w_t))
+    mem.add(plan.x_base, pack_activation_image(plan, x_q))
+    return Case(name, Job(list(plan.program), mem), plan, ternary_matmul(x_q, w_t))
+
+
+def projection_cases(params: ArrayParams, seed: int, count: int) -> list:
+    """Random shapes around the array's size: N and K off the tile grid, 1..many tokens."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    rows = 5 * params.port_bytes
+    for i in range(count):
+        n = int(rng.choice([1, 2, rows - 1, rows, rows + 1, 2 * rows + 3,
+                            rng.integers(1, 3 * rows)]))
+        k = int(rng.choice([1, 2, 7, params.port_bytes + 1, rng.integers(1, 200)]))
+        t = int(rng.choice([1, 1, 2, 3, params.token_lanes + 1, rng.integers(1, 12)]))
+        enc = WeightEncoding(int(rng.integers(0, 2)))
+        density = rng.choice([0.0, 0.3, 0.7, 1.0])
+        w = (rng.integers(-1, 2, (n, k)) * (rng.random((n, k)) < density)).astype(np.int8)
+        x = rng.integers(-128, 128, (t, k)).astype(np.int8)
+        kw = {}
+        if rng.random() < 0.3:
+            kw["slots"] = 2
+        cases.append(projection_case(params, f"seed{seed}-{i}-n{n}k{k}t{t}-{enc.name}", w, x,
+                                     enc, **kw))
+    return cases
+
+
+def special_cases(params: ArrayParams) -> list:
+    """Extremes: all-zero weights, -128 and 127 everywhere, the longest reduction."""
+    rows = 5 * params.port_bytes
+    cases = []
+    k = 3 * params.port_bytes + 1
+    z = np.zeros((rows + 1, k), np.int8)
+    cases.append(projection_case(params, "zero-weights", z, np.full((3, k), 127, np.int8)))
+    for v in (-128, 127):
+        for wv in (-1, 1):
+            w = np.full((rows, k), wv, np.int8)
+            cases.append(projection_case(params, f"x{v}-w{wv}", w, np.full((2, k), v, np.int8)))
+    # |acc| = 128 * max_k, the bound the accumulator width is derived from, reached exactly:
+    # one tile of -1 weights and -128 activations accumulated until k = max_k.
+    kt = min(params.wbuf_rows, params.abuf_rows * params.port_bytes // params.token_lanes,
+             params.max_k)
+    reps = params.max_k // kt
+    rows = 5 * params.port_bytes
+    mem = MemoryImage(params.port_bytes)
+    mem.add(0, pack_trits(np.full(kt * rows, -1, np.int8), WeightEncoding.BASE3)
+            .reshape(kt, params.port_bytes))
+    xw = -(-kt * params.token_lanes // params.port_bytes)
+    mem.add(kt, np.full((xw, params.port_bytes), 0x80, np.uint8))
+    prog = [Load(buffer=Buffer.WEIGHT, rows=1, length=kt, dram=0),
+            Load(buffer=Buffer.ACT, rows=1, length=xw, dram=kt, push_next=1)]
+    prog += [MatMul(k_len=kt, tokens=1, n_rows=rows, accumulate=int(i > 0),
+                    pop_prev=int(i == 0), push_next=int(i == reps - 1)) for i in range(reps)]
+    y_base = kt + xw
+    prog += [Store(tokens=1, words=params.out_words_per_token, dram=y_base, pop_prev=1), Halt()]
+    plan = _ResultRegion(n=rows, tokens=1, y_base=y_base, y_words=params.out_words_per_token)
+    cases.append(Case("kmax", Job(prog, mem), plan,
+                      np.full((1, rows), 128 * reps * kt, np.int32)))
+    return cases
+
+
+def fuzz_job(params: ArrayParams, seed: int, length: int = 24) -> Job:
+    """A random instruction stream: mostly in range, random dependency flags, then HALT.
+
+    Such programs may race on buffers, deadlock or stop with an error; only timing, status,
+    trace and the data-independent counters are compared.
+    """
+    p = params
+    rng = np.random.default_rng(seed)
+    mem = MemoryImage(p.port_bytes)
+    words = 256
+    trits = rng.integers(-1, 2, words * 5 * p.port_bytes).astype(np.int8)
+    mem.add(0, pack_trits(trits, WeightEncoding.BASE3).reshape(words, p.port_bytes))
+    prog = []
+    for _ in range(length):
+        kind = rng.choice(["load", "matmul", "store"], p=[0.45, 0.35, 0.2])
+        flags = {f: int(rng.random() < 0.25) for f in ("pop_prev", "pop_next", "push_prev",
+                                                       "push_next")}
+        if kind == "load":
+            flags["pop_prev"] = flags["push_prev"] = 0
+            buf = Buffer(int(rng.integers(0, 2)))
+            depth = p.wbuf_rows if buf == Buffer.WEIGHT else p.abuf_rows
+            length_ = int(rng.integers(1, 6))
+            prog.append(Load(buffer=buf, encoding=0, sram=int(rng.integers(0, depth - 12)),
+                             rows=int(rng.integers(1, 3)), length=length_,
+                             dram=int(rng.integers(0, words - 12)), stride=length_, **flags))
+        elif kind == "matmul":
+            tokens = int(rng.integers(1, p.max_tokens + 1))
+            prog.append(MatMul(accumulate=int(rng.integers(0, 2)),
+                               wbuf=int(rng.integers(0, p.wbuf_rows - 8)),
+                               abuf=int(rng.integers(0, p.abuf_rows // 2)),
+                               acc=0, k_len=int(rng.integers(1, 8)), tokens=tokens,
+                               n_rows=int(rng.integers(1, p.row_lanes + 1)),
+                               x_stride=int(rng.integers(0, 3)), **flags))
+        else:
+            flags["pop_next"] = flags["push_next"] = 0
+            prog.append(Store(acc=0, tokens=int(rng.integers(1, p.max_tokens + 1)),
+                              words=int(rng.integers(1, p.out_words_per_token + 1)),
+                              dram=1024 + int(rng.integers(0, 64)), stride=8, **flags))
+    prog.append(Halt())
+    return Job(prog, mem, max_cycles=20_000)
+
+
+def error_cases(params: ArrayParams) -> list:
+    """Malformed programs and data, each with the error code and pc it must stop with."""
+    p = params
+    ok = projection_case(p, "base", np.ones((3, 8), np.int8), np.ones((1, 8), np.int8))
+    prog = list(ok.plan.program)
+    mem = ok.job.memory
+    cases = []
+
+    def case(name, program, code, pc, memory=mem):
+        cases.append(Case(name, Job(program, memory, max_cycles=50_000), error=code,
+                          error_pc=pc))
+
+    case("illegal-opcode", prog[:2] + [0xF] + prog[2:], ErrorCode.ILLEGAL_OPCODE, 2)
+    case("zero-word", prog[:1] + [0], ErrorCode.ILLEGAL_OPCODE, 1)
+    case("load-pops-prev", [Load(pop_prev=1, rows=1, length=1)] + prog,
+         ErrorCode.BAD_DEPENDENCY, 0)
+    case("store-pushes-next", [Store(push_next=1, tokens=1, words=1)] + prog,
+         ErrorCode.BAD_DEPENDENCY, 0)
+    case("halt-with-flags", [Halt(push_next=1)], ErrorCode.BAD_DEPENDENCY, 0)
+    case("load-zero-rows", [Load(rows=0, length=1), Halt()], ErrorCode.BAD_FIELD, 0)
+    case("matmul-too-many-rows", [MatMul(k_len=1, tokens=1, n_rows=p.row_lanes + 1), Halt()],
+         ErrorCode.BAD_FIELD, 0)
+    case("matmul-too-many-tokens", [MatMul(k_len=1, tokens=p.max_tokens + 1, n_rows=1), Halt()],
+         ErrorCode.BAD_FIELD, 0)
+    case("store-too-many-words", [Store(tokens=1, words=p.out_words_per_token + 1), Halt()],
+         ErrorCode.BAD_FIELD, 0)
+    case("load-past-buffer", [Load(buffer=Buffer.ACT, sram=p.abuf_rows - 2, rows=3, length=1),
+                              Halt()], ErrorCode.BAD_ADDRESS, 0)
+    case("load-second-row-past-buffer",
+         [Load(buffer=Buffer.WEIGHT, sram=p.wbuf_rows - 3, rows=2, length=2), Halt()],
+         ErrorCode.BAD_ADDRESS, 0)
+    case("matmul-past-wbuf", [MatMul(wbuf=p.wbuf_rows - 1, k_len=2, tokens=1, n_rows=1), Halt()],
+         ErrorCode.BAD_ADDRESS, 0)
+    case("matmul-group-past-abuf",
+         [MatMul(abuf=p.abuf_rows - 1, k_len=1, tokens=p.token_lanes + 1, n_rows=1,
+                 x_stride=1), Halt()], ErrorCode.BAD_ADDRESS, 0)
+    case("store-past-acc", [Store(acc=p.acc_groups - 1, tokens=p.token_lanes + 1, words=1),
+                            Halt()], ErrorCode.BAD_ADDRESS, 0)
+    bad = MemoryImage(p.port_bytes)
+    for b in (243, 255):
+        word = np.zeros((4, p.port_bytes), np.uint8)
+        word[2, 1] = b
+        bad.add(0, word)
+        case(f"base3-byte-{b}", [Load(rows=1, length=4), Halt()], ErrorCode.BAD_WEIGHT, 0, bad)
+    code3 = MemoryImage(p.port_bytes)
+    word = np.full((2, p.port_bytes), 0b01010101, np.uint8)
+    word[1, 0] = 0b01110101
+    code3.add(0, word)
+    case("code2-0b11", [Load(rows=1, length=2, encoding=WeightEncoding.CODE2), Halt()],
+         ErrorCode.BAD_WEIGHT, 0, code3)
+    enc = next(f for f in FORMATS[Opcode.LOAD] if f.name == "encoding")
+    reserved = Load(rows=1, length=1).encode() | (3 << enc.lsb)
+    case("reserved-encoding", [reserved, Halt()], ErrorCode.BAD_FIELD, 0)
+    case("token-overflow",
+         [Load(rows=1, length=1, push_next=1) for _ in range(p.token_depth + 1)] + [Halt()],
+         ErrorCode.TOKEN_OVERFLOW, p.token_depth)
+    case("deadlock-pop-nothing", [MatMul(pop_prev=1, k_len=1, tokens=1, n_rows=1), Halt()],
+         ErrorCode.DEADLOCK, 1)
+    case("deadlock-queue-full",
+         [Load(pop_next=1, rows=1, length=1) for _ in range(p.queue_depth + 1)] + [Halt()],
+         ErrorCode.DEADLOCK, p.queue_depth)
+    case("no-halt", [Load(rows=1, length=1)] * p.imem_depth, ErrorCode.NO_HALT, p.imem_depth - 1)
+    return cases
