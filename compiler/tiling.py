@@ -25,6 +25,10 @@ __all__ = ["Plan", "plan_projection", "pack_weight_image", "pack_activation_imag
            "unpack_results", "pack_words"]
 
 
+#: Columns per k-tile unless the buffers or the activation alignment say otherwise.
+DEFAULT_K_TILE = 64
+
+
 def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -116,7 +120,11 @@ def plan_projection(params: ArrayParams, n: int, k: int, tokens: int,
     if max_kt < 1:
         raise ValueError(f"buffers of scale point {p.name} are too small for "
                          f"{token_batch} tokens per batch")
-    k_tile = k_tile or min(max_kt, _ceil(k, k_align) * k_align)
+    # Small k-tiles: a MATMUL starts only when its whole tile has arrived and the lanes run
+    # exactly as fast as the port delivers base-3 weights, so compute trails the port by one
+    # tile for the whole projection, and that tile (plus the latency) is the port's idle tail.
+    k_tile = k_tile or max(k_align, min(max_kt, DEFAULT_K_TILE // k_align * k_align,
+                                        _ceil(k, k_align) * k_align))
     if k_tile % k_align or k_tile > max_kt:
         raise ValueError(f"k_tile={k_tile} must be a multiple of {k_align} and <= {max_kt}")
 
@@ -135,32 +143,46 @@ def _schedule(plan: Plan, halt: bool) -> list:
     aslot = p.abuf_rows // plan.slots
     acc_slot = p.acc_groups // 2
     gw = plan.x_group_words
-    k_tiles = [(k0, min(plan.k_tile, plan.k - k0)) for k0 in range(0, plan.k, plan.k_tile)]
+    align_bytes = p.port_bytes // p.token_lanes
     batches = [(t0, min(plan.token_batch, plan.tokens - t0))
                for t0 in range(0, plan.tokens, plan.token_batch)]
     tiles = [(t0, tb, i) for t0, tb in batches for i in range(plan.n_tiles)]
-    steps_total = len(tiles) * len(k_tiles)
+    ktiles = [[(k0, min(plan.k_tile, plan.k - k0)) for k0 in range(0, plan.k, plan.k_tile)]
+              for _ in tiles]
+    steps_total = sum(len(kt) for kt in ktiles)
+    # Decode: with one token batch whose activations fit, load them once and keep them.
+    resident = len(batches) == 1 and plan.x_words <= p.abuf_rows
 
     prog: list[Instr] = []
+    if resident:
+        prog.append(Load(buffer=Buffer.ACT, sram=0, rows=plan.groups, length=gw,
+                         dram=plan.x_base, stride=gw))
     step = 0
     for ti, (t0, tb, i) in enumerate(tiles):
         groups = _ceil(tb, p.token_lanes)
         n_rows = min(plan.rows_per_tile, plan.n - i * plan.rows_per_tile)
         acc = (ti % 2) * acc_slot
-        for j, (k0, kl) in enumerate(k_tiles):
+        for j, (k0, kl) in enumerate(ktiles[ti]):
             slot = step % plan.slots
-            x_len = _ceil(kl * p.token_lanes, p.port_bytes)
-            prog.append(Load(
-                buffer=Buffer.ACT, sram=slot * aslot, rows=groups, length=x_len,
-                dram=plan.x_base + (t0 // p.token_lanes) * gw + k0 * p.token_lanes // p.port_bytes,
-                stride=gw, pop_next=int(step >= plan.slots)))
+            reuse = int(step >= plan.slots)
+            if resident:
+                abuf, x_stride = k0 // align_bytes, gw
+            else:
+                x_len = _ceil(kl * p.token_lanes, p.port_bytes)
+                abuf, x_stride = slot * aslot, x_len
+                prog.append(Load(
+                    buffer=Buffer.ACT, sram=abuf, rows=groups, length=x_len,
+                    dram=plan.x_base + (t0 // p.token_lanes) * gw + k0 // align_bytes,
+                    stride=gw, pop_next=reuse))
+                reuse = 0
             prog.append(Load(
                 buffer=Buffer.WEIGHT, encoding=plan.encoding, sram=slot * wslot, rows=1,
-                length=kl, dram=plan.w_base + i * plan.k + k0, stride=0, push_next=1))
-            last_k = j == len(k_tiles) - 1
+                length=kl, dram=plan.w_base + i * plan.k + k0, stride=0, push_next=1,
+                pop_next=reuse))
+            last_k = j == len(ktiles[ti]) - 1
             prog.append(MatMul(
-                accumulate=int(j > 0), wbuf=slot * wslot, abuf=slot * aslot, acc=acc,
-                k_len=kl, tokens=tb, n_rows=n_rows, x_stride=x_len,
+                accumulate=int(j > 0), wbuf=slot * wslot, abuf=abuf, acc=acc,
+                k_len=kl, tokens=tb, n_rows=n_rows, x_stride=x_stride,
                 pop_prev=1, push_prev=int(step + plan.slots < steps_total),
                 pop_next=int(j == 0 and ti >= 2), push_next=int(last_k)))
             step += 1

@@ -35,7 +35,8 @@ class ComputeUnit(wiring.Component):
     written to accumulator group acc + g after its last column.
 
     Timing: a MATMUL taken at cycle s reads in cycles s+1 .. s+G*k_len (stage 0), adds one cycle
-    later (stage 1) and retires at s + G*k_len + 1; the next MATMUL can be taken in that cycle.
+    later (stage 1) and retires at s + G*k_len + 1; the next MATMUL can be taken in cycle
+    s + G*k_len, the last read cycle, so back-to-back MATMULs keep the lanes busy.
 
     Members
     -------
@@ -102,31 +103,6 @@ class ComputeUnit(wiring.Component):
         g = Signal.like(head.acc)
         bytepos = Signal(len(head.k_len) + lt_shift)
 
-        groups = (head.tokens + p.token_lanes - 1) >> lt_shift
-        tokens_ok = (~head.pop_prev | self.tok_prev) & (~head.pop_next | self.tok_next)
-        with m.If(~running & self.head_valid):
-            with m.If(~tokens_ok):
-                m.d.comb += [self.blocked.eq(1), self.stall_dep.eq(1)]
-            with m.Elif((head.k_len == 0) | (head.tokens == 0) | (head.n_rows == 0) |
-                        (head.n_rows > p.row_lanes) | (head.tokens > p.max_tokens)):
-                m.d.comb += [self.error.eq(ErrorCode.BAD_FIELD), self.error_pc.eq(self.head_pc)]
-            with m.Elif((head.wbuf + head.k_len > p.wbuf_rows) |
-                        (head.acc + groups > p.acc_groups)):
-                m.d.comb += [self.error.eq(ErrorCode.BAD_ADDRESS),
-                             self.error_pc.eq(self.head_pc)]
-            with m.Else():
-                m.d.comb += [self.take.eq(1), self.pop_prev.eq(head.pop_prev),
-                             self.pop_next.eq(head.pop_next)]
-                m.d.sync += [
-                    running.eq(1), pc.eq(self.head_pc), wbuf.eq(head.wbuf), grow.eq(head.abuf),
-                    acc.eq(head.acc), k_len.eq(head.k_len), x_stride.eq(head.x_stride),
-                    tokens_left.eq(head.tokens), n_rows.eq(head.n_rows),
-                    accumulate.eq(head.accumulate), push_prev.eq(head.push_prev),
-                    push_next.eq(head.push_next), k.eq(0), g.eq(0), bytepos.eq(0),
-                    span.eq((((head.k_len - 1) << lt_shift) >> port_shift) + 1),
-                    row_mask.eq(Cat(*[r < head.n_rows for r in range(p.row_lanes)])),
-                ]
-
         # -- stage 0: read ----------------------------------------------------------------------
         s1 = Signal()
         s1_first = Signal()
@@ -135,6 +111,7 @@ class ComputeUnit(wiring.Component):
         s1_g = Signal.like(self.c_waddr)
         s1_off = Signal(port_shift)
         s1_tok = Signal(p.token_lanes)
+        finishing = Signal()
         m.d.sync += s1.eq(0)
         m.d.comb += [
             self.w_addr.eq(wbuf + k),
@@ -158,8 +135,37 @@ class ComputeUnit(wiring.Component):
                                  tokens_left.eq(tokens_left - p.token_lanes)]
                     with m.If(final):
                         m.d.sync += running.eq(0)
+                        m.d.comb += finishing.eq(1)
                 with m.Else():
                     m.d.sync += [k.eq(k + 1), bytepos.eq(bytepos + p.token_lanes)]
+
+        groups = (head.tokens + p.token_lanes - 1) >> lt_shift
+        tokens_ok = (~head.pop_prev | self.tok_prev) & (~head.pop_next | self.tok_next)
+        # The next MATMUL may issue in the final stage-0 cycle of this one: no bubble.
+        # (Written after stage 0 so its register updates win.)
+        with m.If((~running | finishing) & self.head_valid):
+            with m.If(~tokens_ok):
+                m.d.comb += [self.blocked.eq(1), self.stall_dep.eq(1)]
+            with m.Elif((head.k_len == 0) | (head.tokens == 0) | (head.n_rows == 0) |
+                        (head.n_rows > p.row_lanes) | (head.tokens > p.max_tokens)):
+                m.d.comb += [self.error.eq(ErrorCode.BAD_FIELD), self.error_pc.eq(self.head_pc)]
+            with m.Elif((head.wbuf + head.k_len > p.wbuf_rows) |
+                        (head.acc + groups > p.acc_groups)):
+                m.d.comb += [self.error.eq(ErrorCode.BAD_ADDRESS),
+                             self.error_pc.eq(self.head_pc)]
+            with m.Else():
+                m.d.comb += [self.take.eq(1), self.pop_prev.eq(head.pop_prev),
+                             self.pop_next.eq(head.pop_next)]
+                m.d.sync += [
+                    running.eq(1), pc.eq(self.head_pc), wbuf.eq(head.wbuf), grow.eq(head.abuf),
+                    acc.eq(head.acc), k_len.eq(head.k_len), x_stride.eq(head.x_stride),
+                    tokens_left.eq(head.tokens), n_rows.eq(head.n_rows),
+                    accumulate.eq(head.accumulate), push_prev.eq(head.push_prev),
+                    push_next.eq(head.push_next), k.eq(0), g.eq(0), bytepos.eq(0),
+                    span.eq((((head.k_len - 1) << lt_shift) >> port_shift) + 1),
+                    row_mask.eq(Cat(*[r < head.n_rows for r in range(p.row_lanes)])),
+                ]
+
 
         # -- stage 1: the lanes ----------------------------------------------------------------
         s1_pc = Signal(PC_BITS)

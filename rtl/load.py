@@ -33,8 +33,8 @@ class LoadUnit(wiring.Component):
     back. Weight words pass through a `WeightDecoder` on their way into the weight buffer.
 
     Timing (an always-ready port): a LOAD taken at cycle s presents its rows x length requests
-    at s+1 .. s+N, and the unit can take the next LOAD at s+N+1. The LOAD retires (and pushes
-    its token) in the cycle its last response is written.
+    at s+1 .. s+N, and the unit can take the next LOAD at s+N, the cycle of the last request.
+    The LOAD retires (and pushes its token) in the cycle its last response is written.
 
     Members
     -------
@@ -108,6 +108,7 @@ class LoadUnit(wiring.Component):
                 with m.Case(enc):
                     m.d.comb += enabled.eq(1)
 
+        finishing = Signal()
         # Errors of the response side belong to an older LOAD and win over the request side.
         req_error = Signal(ErrorCode)
         req_error_pc = Signal(PC_BITS)
@@ -118,8 +119,28 @@ class LoadUnit(wiring.Component):
         with m.Else():
             m.d.comb += [self.error.eq(req_error), self.error_pc.eq(req_error_pc)]
 
+        with m.If(busy):
+            m.d.comb += [self.rd_req.valid.eq(1), self.rd_req.payload.eq(row_addr + word)]
+            # A row that would run past the end of its buffer is refused before it is read.
+            with m.If((word == 0) & (sram_row + length > depth)):
+                m.d.comb += [req_error.eq(ErrorCode.BAD_ADDRESS), req_error_pc.eq(pc)]
+                m.d.comb += self.rd_req.valid.eq(0)
+            with m.Elif(~self.rd_req.ready):
+                m.d.comb += self.stall_port.eq(1)
+            with m.Else():
+                with m.If(word == length - 1):
+                    m.d.sync += [word.eq(0), row_addr.eq(row_addr + stride),
+                                 sram_row.eq(sram_row + length), rows_left.eq(rows_left - 1)]
+                    with m.If(rows_left == 1):
+                        m.d.sync += busy.eq(0)
+                        m.d.comb += finishing.eq(1)
+                with m.Else():
+                    m.d.sync += word.eq(word + 1)
+
         tokens_ok = ~head.pop_next | self.tok_next
-        can_issue = ~busy & self.head_valid
+        # The next LOAD may issue in the cycle of this one's last request: no bubble.
+        # (Written after the request logic so its register updates win.)
+        can_issue = (~busy | finishing) & self.head_valid
         with m.If(can_issue):
             with m.If(~tokens_ok):
                 m.d.comb += [self.blocked.eq(1), self.stall_dep.eq(1)]
@@ -143,23 +164,6 @@ class LoadUnit(wiring.Component):
                     desc.rows.eq(head.rows), desc.length.eq(head.length),
                     desc.push_next.eq(head.push_next),
                 ]
-
-        with m.If(busy):
-            m.d.comb += [self.rd_req.valid.eq(1), self.rd_req.payload.eq(row_addr + word)]
-            # A row that would run past the end of its buffer is refused before it is read.
-            with m.If((word == 0) & (sram_row + length > depth)):
-                m.d.comb += [req_error.eq(ErrorCode.BAD_ADDRESS), req_error_pc.eq(pc)]
-                m.d.comb += self.rd_req.valid.eq(0)
-            with m.Elif(~self.rd_req.ready):
-                m.d.comb += self.stall_port.eq(1)
-            with m.Else():
-                with m.If(word == length - 1):
-                    m.d.sync += [word.eq(0), row_addr.eq(row_addr + stride),
-                                 sram_row.eq(sram_row + length), rows_left.eq(rows_left - 1)]
-                    with m.If(rows_left == 1):
-                        m.d.sync += busy.eq(0)
-                with m.Else():
-                    m.d.sync += word.eq(word + 1)
 
         # -- response side ---------------------------------------------------------------------
         cur = data.View(desc_lay, inflight.r_data)

@@ -24,7 +24,8 @@ class StoreUnit(wiring.Component):
     and goes to address dram + t * stride + w (computed by adding, never multiplying).
 
     Timing (an always-ready port): a STORE taken at cycle s writes in cycles
-    s+1 .. s + tokens*words and retires in the cycle of its last write.
+    s+1 .. s + tokens*words and retires in the cycle of its last write, in which the next STORE
+    can be taken.
 
     Members
     -------
@@ -71,25 +72,7 @@ class StoreUnit(wiring.Component):
 
         groups = (head.tokens + p.token_lanes - 1) >> lt_shift
         m.d.comb += self.c_raddr.eq(acc_g)
-        with m.If(~running & self.head_valid):
-            m.d.comb += self.c_raddr.eq(head.acc)
-            with m.If(head.pop_prev & ~self.tok_prev):
-                m.d.comb += [self.blocked.eq(1), self.stall_dep.eq(1)]
-            with m.Elif((head.tokens == 0) | (head.words == 0) |
-                        (head.words > p.out_words_per_token) | (head.tokens > p.max_tokens)):
-                m.d.comb += [self.error.eq(ErrorCode.BAD_FIELD), self.error_pc.eq(self.head_pc)]
-            with m.Elif(head.acc + groups > p.acc_groups):
-                m.d.comb += [self.error.eq(ErrorCode.BAD_ADDRESS),
-                             self.error_pc.eq(self.head_pc)]
-            with m.Else():
-                m.d.comb += [self.take.eq(1), self.pop_prev.eq(head.pop_prev)]
-                m.d.sync += [
-                    running.eq(1), pc.eq(self.head_pc), acc_g.eq(head.acc),
-                    tokens_left.eq(head.tokens), words.eq(head.words), addr.eq(head.dram),
-                    stride.eq(head.stride), word.eq(0), lane.eq(0),
-                    push_prev.eq(head.push_prev),
-                ]
-
+        finishing = Signal()
         # The result words of every token lane, each the int32 images of port_bytes/4 rows.
         per_word = p.port_bytes // OUT_BYTES
         table = []
@@ -115,6 +98,7 @@ class StoreUnit(wiring.Component):
                              tokens_left.eq(tokens_left - 1)]
                 with m.If(tokens_left == 1):
                     m.d.sync += running.eq(0)
+                    m.d.comb += finishing.eq(1)
                     m.d.comb += [self.retire.eq(1), self.retire_pc.eq(pc),
                                  self.push_prev.eq(push_prev)]
                 with m.Elif(lane == p.token_lanes - 1):
@@ -125,5 +109,26 @@ class StoreUnit(wiring.Component):
                     m.d.sync += lane.eq(lane + 1)
             with m.Else():
                 m.d.sync += word.eq(word + 1)
+        # The next STORE may issue in the cycle of this one's last write: no bubble.
+        # (Written after the write logic so its register updates and read address win.)
+        with m.If((~running | finishing) & self.head_valid):
+            m.d.comb += self.c_raddr.eq(head.acc)
+            with m.If(head.pop_prev & ~self.tok_prev):
+                m.d.comb += [self.blocked.eq(1), self.stall_dep.eq(1)]
+            with m.Elif((head.tokens == 0) | (head.words == 0) |
+                        (head.words > p.out_words_per_token) | (head.tokens > p.max_tokens)):
+                m.d.comb += [self.error.eq(ErrorCode.BAD_FIELD), self.error_pc.eq(self.head_pc)]
+            with m.Elif(head.acc + groups > p.acc_groups):
+                m.d.comb += [self.error.eq(ErrorCode.BAD_ADDRESS),
+                             self.error_pc.eq(self.head_pc)]
+            with m.Else():
+                m.d.comb += [self.take.eq(1), self.pop_prev.eq(head.pop_prev)]
+                m.d.sync += [
+                    running.eq(1), pc.eq(self.head_pc), acc_g.eq(head.acc),
+                    tokens_left.eq(head.tokens), words.eq(head.words), addr.eq(head.dram),
+                    stride.eq(head.stride), word.eq(0), lane.eq(0),
+                    push_prev.eq(head.push_prev),
+                ]
+
         m.d.comb += self.active.eq(running)
         return m

@@ -125,7 +125,11 @@ class Accelerator(wiring.Component):
                                               init=[])
         wbuf_w, wbuf_r = wbuf.write_port(), wbuf.read_port()
         abuf_w, abuf_r = abuf.write_port(), abuf.read_port()
-        acc_w, acc_rc, acc_rs = accbuf.write_port(), accbuf.read_port(), accbuf.read_port()
+        acc_w = accbuf.write_port()
+        # A MATMUL accumulating onto the group the previous one writes in the same cycle reads
+        # through the write (back-to-back issue).
+        acc_rc = accbuf.read_port(transparent_for=(acc_w,))
+        acc_rs = accbuf.read_port()
         m.d.comb += [
             wbuf_w.en.eq(load.w_en & run), wbuf_w.addr.eq(load.w_addr),
             wbuf_w.data.eq(load.w_data),

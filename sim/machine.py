@@ -10,9 +10,10 @@ Timing rules (docs/architecture.md, "Cycle timing"), all from `rtl.params`:
 - dispatch: one instruction per cycle into a unit queue, visible to the unit the next cycle;
 - a unit issues in a cycle where it is free, its queue has a head and its pops are available;
   tokens pushed at retirement in cycle r are visible from r+1;
-- LOAD (N words, latency L): requests s+1..s+N, free at s+N+1, retires at s+N+L;
-- MATMUL (G token groups): reads s+1..s+G*k_len, retires and frees at s+G*k_len+1;
-- STORE: writes s+1..s+tokens*words, retires there, free one cycle later;
+- LOAD (N words, latency L): requests s+1..s+N, the next may issue at s+N, retires at s+N+L;
+- MATMUL (G token groups): reads s+1..s+G*k_len, the next may issue at s+G*k_len,
+  retires at s+G*k_len+1;
+- STORE: writes s+1..s+tokens*words, retires at the last write, where the next may issue;
 - HALT retires in the first cycle where all queues are empty and all units idle.
 
 Functional effects are applied when an instruction issues; this is exact for programs whose
@@ -128,10 +129,12 @@ class _Run:
         self.retires: dict = {}       # cycle -> [(unit, pc, {link: 1})]
         self.errors: list = []        # (cycle, priority, code, pc)
         self.inflight: list = []      # (issue cycle, retire cycle) of LOADs
-        self.gen_free = 0
+        self.gen_free = 0             # first cycle the LOAD request side may issue again
+        self.gen_busy_end = -1        # its last busy cycle
         self.comp_free = 0
         self.comp_active_until = -1   # last cycle the COMPUTE unit is active
         self.store_free = 0
+        self.store_busy_end = -1
         self.pc = 0
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -193,7 +196,9 @@ class _Run:
             self.wbuf[ins.sram:ins.sram + n][good] = trits[good]
         else:
             self.abuf[ins.sram:ins.sram + n] = data
-        self.gen_free = c + 1 + n if rows == ins.rows else _NEVER
+        self.gen_free = c + n if rows == ins.rows else _NEVER
+        # A refused row keeps the request side busy until the error cycle.
+        self.gen_busy_end = c + n + (rows < ins.rows)
         if rows == ins.rows:
             self.inflight.append((c, c + n + lat))
             self._schedule_retire(c + n + lat, Unit.LOAD, pc, {"l2c": ins.push_next})
@@ -252,7 +257,7 @@ class _Run:
                 break
         self._matmul(ins, ok_groups, span, c)
         cycles = groups * k
-        self.comp_free = c + cycles + 1 if ok_groups == groups else _NEVER
+        self.comp_free = c + cycles if ok_groups == groups else _NEVER
         self.comp_active_until = c + cycles + 1
         if ok_groups == groups:
             self._schedule_retire(c + cycles + 1, Unit.COMPUTE, pc,
@@ -322,7 +327,8 @@ class _Run:
                 cyc += 1
         n = ins.tokens * ins.words
         self.write_spans.append((c + 1, n))
-        self.store_free = c + n + 1
+        self.store_free = c + n
+        self.store_busy_end = c + n
         self._schedule_retire(c + n, Unit.STORE, pc, {"s2c": ins.push_prev})
         return True, False
 
@@ -340,9 +346,9 @@ class _Run:
             self.pops = dict.fromkeys(self.tokens, 0)
             levels = {u: self._level(u, c) for u in self.queues}
             heads = {u: self._head(u, c) is not None for u in self.queues}
-            load_active = c < self.gen_free or self._inflight(c) > 0
+            load_active = c <= self.gen_busy_end or self._inflight(c) > 0
             comp_active = c <= self.comp_active_until
-            store_active = c < self.store_free
+            store_active = c <= self.store_busy_end
             active = {Unit.LOAD: load_active, Unit.COMPUTE: comp_active,
                       Unit.STORE: store_active}
 
@@ -422,6 +428,7 @@ class _Run:
                 nxt = c + 1
             else:
                 future = [t for t in (self.gen_free, self.comp_free, self.store_free,
+                                      self.gen_busy_end + 1, self.store_busy_end + 1,
                                       self.comp_active_until + 1) if c < t < _NEVER]
                 future += [t for t in self.retires if t > c]
                 future += [e[0] for e in self.errors if e[0] > c]

@@ -13,8 +13,7 @@ from compiler.tiling import (
     plan_projection,
     unpack_results,
 )
-from rtl.isa import (FORMATS, Buffer, ErrorCode, Halt, Load, MatMul, Opcode, Store,
-                     WeightEncoding)
+from rtl.isa import FORMATS, Buffer, ErrorCode, Halt, Load, MatMul, Opcode, Store, WeightEncoding
 from rtl.params import ArrayParams
 from sim.backend import Job, MemoryImage
 from sim.golden import pack_trits, ternary_matmul

@@ -4,6 +4,7 @@ Builds are cached under build/verilator/<name>-<hash of the Verilog>/, so a test
 each design once and reuses it, and an unchanged design is reused across sessions.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -78,14 +79,13 @@ def run_cocotb(runner, bdir: Path, module: str, toplevel: str, payload: dict,
         job.write_text(json.dumps(payload))
         wave_dir = bdir / "waves"
         pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-        try:
+        # The runner exits when a cocotb test fails; the log below says why.
+        with contextlib.suppress(SystemExit, Exception):
             runner.test(test_module=module, hdl_toplevel=toplevel, testcase=testcase,
                         build_dir=bdir, test_dir=tmp, waves=waves,
                         extra_env={"TB_JOB": str(job), "TB_RESULT": str(out),
                                    "PYTHONPATH": pythonpath},
                         log_file=Path(tmp) / "sim.log")
-        except (SystemExit, Exception):
-            pass   # the runner exits when a cocotb test fails; the log says why
         if not out.exists():
             log = (Path(tmp) / "sim.log").read_text()[-6000:]
             raise RuntimeError(f"cocotb run of {module} produced no result; log tail:\n{log}")
