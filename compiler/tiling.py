@@ -22,7 +22,7 @@ from rtl.isa import TRITS_PER_BYTE, Buffer, Halt, Instr, Load, MatMul, Store, We
 from rtl.params import OUT_BYTES, ArrayParams
 
 __all__ = ["Plan", "plan_projection", "pack_weight_image", "pack_activation_image",
-           "unpack_results", "pack_words"]
+           "unpack_results", "unpack_weight_image", "pack_words", "DEFAULT_K_TILE"]
 
 
 #: Columns per k-tile unless the buffers or the activation alignment say otherwise.
@@ -236,3 +236,13 @@ def unpack_results(plan: Plan, y_image: np.ndarray) -> np.ndarray:
     """Read int32 results (tokens, n) out of the result region (y_words, port_bytes) uint8."""
     raw = np.ascontiguousarray(y_image, np.uint8).reshape(plan.tokens, -1)
     return raw.view("<i4")[:, :plan.n].astype(np.int32)
+
+
+def unpack_weight_image(plan: Plan, image: np.ndarray) -> np.ndarray:
+    """Recover the (n, k) ternary matrix from its weight image (the inverse of packing)."""
+    from sim.golden import unpack_trits
+    words = np.ascontiguousarray(image, np.uint8).reshape(plan.n_tiles * plan.k, -1)
+    trits = unpack_trits(words.reshape(-1), plan.encoding,
+                         plan.n_tiles * plan.k * plan.rows_per_tile)
+    cols = trits.reshape(plan.n_tiles, plan.k, plan.rows_per_tile).transpose(0, 2, 1)
+    return np.ascontiguousarray(cols.reshape(-1, plan.k)[:plan.n])

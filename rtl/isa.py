@@ -261,6 +261,9 @@ Halt = _make_class("Halt", Opcode.HALT)
 INSTR_CLASSES = {cls.opcode: cls for cls in (Load, MatMul, Store, Halt)}
 
 
+_ENUM_VALUES = {en: frozenset(int(m) for m in en) for en in (Opcode, Buffer, WeightEncoding)}
+
+
 def decode(word: int, strict: bool = True) -> Instr:
     """Decode an instruction word; raise ValueError for an illegal opcode.
 
@@ -287,11 +290,12 @@ def decode(word: int, strict: bool = True) -> Instr:
         return cls(**values)
     # As the hardware sees it: reserved enum values are kept as plain integers.
     ins = object.__new__(cls)
-    for name, v in values.items():
-        f = next(f for f in cls.fields if f.name == name)
-        if f.shape is not None and v in set(f.shape):
-            v = f.shape(v)
-        object.__setattr__(ins, name, v)
+    for f in cls.fields:
+        if f.name != "opcode":
+            v = values[f.name]
+            if f.shape is not None and v in _ENUM_VALUES[f.shape]:
+                v = f.shape(v)
+            object.__setattr__(ins, f.name, v)
     return ins
 
 

@@ -89,6 +89,18 @@ class _Memory:
                     out[a - addr] = v
         return out
 
+    def stable_key(self, addr: int, stride: int, length: int, rows: int):
+        """A cache key for words that come from a read-only region and no write, else None."""
+        if rows != 1:
+            return None
+        i = bisect.bisect_right(self.bases, addr) - 1
+        if i < 0 or addr + length > self.bases[i] + len(self.regions[i]):
+            return None
+        region = self.regions[i]
+        if region.flags.writeable or (self.lo < addr + length and addr <= self.hi):
+            return None
+        return (_data_address(region), addr - self.bases[i], length)
+
     def write(self, addr: int, word: np.ndarray) -> None:
         self.written[addr] = word.copy()
         self.lo, self.hi = min(self.lo, addr), max(self.hi, addr)
@@ -102,17 +114,49 @@ class _Memory:
         return np.zeros(self.p, np.uint8)
 
 
+def _data_address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+class _DecodeCache:
+    """Decoded weight tiles of read-only memory regions, kept across runs (bounded, FIFO)."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit = limit_bytes
+        self.used = 0
+        self.entries: dict = {}
+        self.keep: dict = {}    # data address -> region, so an address is not reused while cached
+
+    def get(self, key, enc):
+        return self.entries.get((key, int(enc)))
+
+    def put(self, key, enc, trits, bad):
+        size = trits.nbytes
+        while self.entries and self.used + size > self.limit:
+            old = next(iter(self.entries))
+            self.used -= self.entries.pop(old)[0].nbytes
+        if size <= self.limit:
+            self.entries[(key, int(enc))] = (trits, bad)
+            self.used += size
+
+
 class _Run:
     """One program run. Cycle numbers count from the first RUNNING cycle (0)."""
 
-    def __init__(self, p: ArrayParams, job: Job):
+    def __init__(self, p: ArrayParams, job: Job, cache: "_DecodeCache | None" = None):
         self.p = p
         self.job = job
+        self.cache = cache
         words = job.words()
         if len(words) > p.imem_depth:
             raise ValueError(f"program of {len(words)} instructions exceeds program memory "
                              f"({p.imem_depth})")
-        self.imem = words + [0] * (p.imem_depth - len(words))
+        self.program = []
+        for w in words:
+            try:
+                self.program.append(decode(w, strict=False))
+            except ValueError:
+                self.program.append(None)     # illegal: stops the run when reached
         self.mem = _Memory(job.memory)
         self.wbuf = np.zeros((p.wbuf_rows, p.row_lanes), np.int8)
         self.abuf = np.zeros((p.abuf_rows, p.port_bytes), np.uint8)
@@ -188,7 +232,11 @@ class _Run:
             if rows else np.zeros((0, p.port_bytes), np.uint8)
         self.read_spans.append((c + 1 + lat, n))
         if ins.buffer == Buffer.WEIGHT:
-            trits, bad = self._decode(data, WeightEncoding(ins.encoding))
+            key = self.mem.stable_key(ins.dram, ins.stride, ins.length, rows)
+            hit = self.cache.get(key, ins.encoding) if self.cache and key else None
+            trits, bad = hit if hit else self._decode(data, WeightEncoding(ins.encoding))
+            if self.cache and key and not hit:
+                self.cache.put(key, ins.encoding, trits, bad)
             if bad.any():
                 first = int(np.argmax(bad))
                 self._error(c + 1 + first + lat, _PRIO_LOAD_RESP, ErrorCode.BAD_WEIGHT, pc)
@@ -359,12 +407,10 @@ class _Run:
 
             # The dispatcher.
             dispatched = halted = stall_d = halt_wait = False
-            word = self.imem[self.pc]
-            try:
-                ins = decode(word, strict=False)
-            except ValueError:
+            # Program memory past the program holds zeros: an illegal opcode.
+            ins = self.program[self.pc] if self.pc < len(self.program) else None
+            if ins is None:
                 self._error(c, _PRIO_DISPATCH, ErrorCode.ILLEGAL_OPCODE, self.pc)
-                ins = None
             if ins is not None:
                 unit = _unit_of(ins)
                 if _bad_dependency(ins, unit):
@@ -491,8 +537,10 @@ class Simulator:
 
     name = "sim"
 
-    def __init__(self, params: ArrayParams):
+    def __init__(self, params: ArrayParams, cache_bytes: int = 6 << 30):
         self.params = params
+        # Weight words from read-only regions (a memory-mapped artifact) decode once.
+        self.cache = _DecodeCache(cache_bytes) if cache_bytes else None
 
     def run(self, jobs: list) -> list:
         return [self.run_one(j) for j in jobs]
@@ -500,5 +548,9 @@ class Simulator:
     def run_one(self, job: Job) -> RunResult:
         if job.mode != "lockstep":
             raise ValueError("the simulator models the lockstep memory only")
-        return _Run(self.params, job).run()
+        if self.cache is not None:
+            for region in job.memory.regions.values():
+                if not region.flags.writeable:
+                    self.cache.keep[_data_address(region)] = region
+        return _Run(self.params, job, self.cache).run()
 

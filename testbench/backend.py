@@ -6,7 +6,7 @@ from sim.backend import Job, RunResult
 
 from .verilator import build, run_cocotb
 
-__all__ = ["VerilatorBackend"]
+__all__ = ["VerilatorBackend", "record_waves"]
 
 
 class VerilatorBackend:
@@ -37,7 +37,14 @@ class VerilatorBackend:
         results = [RunResult.from_json(r, p) for r in out["results"]]
         for r, raw in zip(results, out["results"]):
             r.reads, r.responses = raw["reads"], raw["responses"]
+            r.waves = out.get("waves")
         return results
 
     def run_one(self, job: Job) -> RunResult:
         return self.run([job])[0]
+
+
+def record_waves(params: ArrayParams, job: Job) -> str:
+    """Rerun `job` on a build with tracing; return where the waveform (VCD) went."""
+    result = VerilatorBackend(params, waves=True).run_one(job)
+    return ", ".join(result.waves or []) or "(no waveform produced)"

@@ -1,4 +1,11 @@
-"""Shared fixtures: the accelerator built under Verilator once per configuration and session."""
+"""Shared fixtures: the accelerator built under Verilator once per configuration and session.
+
+Set TB_WAVES=1 (or use `make wave TEST=...`) to build with tracing: every run then leaves a VCD
+under build/verilator/<build>/waves/. Without it, a failing lockstep test reruns the failing job
+on a traced build and names the waveform in its message.
+"""
+
+import os
 
 import pytest
 
@@ -23,13 +30,17 @@ def config(request):
 _built = {}
 
 
+def verilator_backend(params):
+    """The Verilator backend for `params`, built once per session."""
+    from testbench.backend import VerilatorBackend
+    if params.name not in _built:
+        _built[params.name] = VerilatorBackend(params, waves=bool(os.environ.get("TB_WAVES")))
+    return _built[params.name]
+
+
 @pytest.fixture(scope="session")
 def rtl(config):
-    """The Verilator backend for `config`, built once per session."""
-    from testbench.backend import VerilatorBackend
-    if config.name not in _built:
-        _built[config.name] = VerilatorBackend(config)
-    return _built[config.name]
+    return verilator_backend(config)
 
 
 @pytest.fixture(scope="session")

@@ -9,14 +9,26 @@ import pytest
 
 from rtl.isa import Counter, ErrorCode, Status
 
+from .backend import record_waves
 from .programs import error_cases, fuzz_job, projection_cases, special_cases
 
 
 def check_lockstep(cases, rtl, sim):
-    """Run `cases` on both backends; assert identical results and the expected outcome."""
+    """Run `cases` on both backends; assert identical results and the expected outcome.
+
+    On a failure the failing job is rerun with tracing and the waveform's path is reported.
+    """
     got = rtl.run([c.job for c in cases])
     want = sim.run([c.job for c in cases])
     for case, r, s in zip(cases, got, want):
+        try:
+            check_case(case, r, s)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nwaveform: {record_waves(rtl.params, case.job)}") from None
+    return got
+
+
+def check_case(case, r, s):
         diff = r.mismatch(s)
         assert diff is None, f"{case.name}: RTL vs simulator: {diff}"
         assert not r.timeout, f"{case.name}: timed out"
@@ -29,7 +41,6 @@ def check_lockstep(cases, rtl, sim):
         else:
             assert (r.status, r.error, r.error_pc) == (Status.ERROR, case.error, case.error_pc), \
                 f"{case.name}: got {r.status.name} {r.error.name} at pc {r.error_pc}"
-    return got
 
 
 @pytest.mark.parametrize("seed", [1, 2])

