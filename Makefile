@@ -13,7 +13,7 @@ STAMP   := $(VENV)/.installed
 export XDG_CACHE_HOME ?= $(CURDIR)/$(VENV)/cache
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup test lint docs verilog clean
+.PHONY: help setup sim test lint docs verilog bench wave clean
 
 help:  ## list the targets
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | \
@@ -33,6 +33,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create or refresh .venv from the pinned dependencies
 
+sim: $(STAMP)  ## the main job: build, lower and run the demo BitNet model, checked bit-exact
+	$(BIN)/python -m sim.demo --out $(BUILD)/demo
+
 lint: $(STAMP)  ## ruff check
 	$(BIN)/ruff check .
 
@@ -44,6 +47,14 @@ test: lint  ## lint, then every test (unit, cocotb + Verilator, synthesis checks
 
 verilog: $(STAMP)  ## write build/verilog/<scale point>.v for each scale point
 	$(BIN)/python -m rtl.top --verilog $(BUILD)/verilog $(SCALE_POINTS)
+
+bench: $(STAMP)  ## benchmarks (simulator speed, bandwidth, utilization, compile time) -> docs/results.md
+	$(BIN)/python -m sim.bench --out $(BUILD)/bench --results docs/results.md
+
+# Rerun one test with waveforms: make wave TEST='testbench/test_lockstep.py::test_errors_lockstep[tiny]'
+TEST ?= testbench/test_lockstep.py::test_special_values_lockstep[tiny]
+wave: $(STAMP)  ## rerun TEST='...' with FST waveforms under build/verilator/*/waves/
+	TB_WAVES=1 $(BIN)/python -m pytest -x '$(TEST)'
 
 clean:  ## remove build/
 	rm -rf $(BUILD)

@@ -83,6 +83,7 @@ class Artifact:
     x_base: int
     y_base: int
     token_batch: int
+    _programs: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, path: Path, verify: bool = True) -> "Artifact":
@@ -150,7 +151,16 @@ class Artifact:
         return plan
 
     def program(self, layer: LayerEntry, tokens: int) -> tuple:
-        """(plan, instruction words) for `tokens` tokens: stored if present, else planned."""
+        """(plan, instructions) for `tokens` tokens: stored if present, else planned.
+
+        The stored words are checked against the planner once; results are cached.
+        """
+        key = (layer.name, tokens)
+        if key not in self._programs:
+            self._programs[key] = self._program(layer, tokens)
+        return self._programs[key]
+
+    def _program(self, layer: LayerEntry, tokens: int) -> tuple:
         plan = self.plan(layer, tokens)
         if tokens in layer.programs:
             first, count = layer.programs[tokens]
@@ -161,8 +171,7 @@ class Artifact:
                 raise ArtifactError(f"{self.path}: stored program of {layer.name} for {tokens} "
                                     f"token(s) differs from this planner's (built by another "
                                     f"compiler version?)")
-            return plan, words
-        return plan, [i.encode() for i in plan.program]
+        return plan, list(plan.program)
 
     def layer_weights(self, layer: LayerEntry) -> np.ndarray:
         return self.weights[layer.w_offset:layer.w_offset + layer.w_words]

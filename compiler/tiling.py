@@ -22,11 +22,16 @@ from rtl.isa import TRITS_PER_BYTE, Buffer, Halt, Instr, Load, MatMul, Store, We
 from rtl.params import OUT_BYTES, ArrayParams
 
 __all__ = ["Plan", "plan_projection", "pack_weight_image", "pack_activation_image",
-           "unpack_results", "unpack_weight_image", "pack_words", "DEFAULT_K_TILE"]
+           "unpack_results", "unpack_weight_image", "pack_words", "DECODE_K_TILE",
+           "PREFILL_K_TILE"]
 
 
-#: Columns per k-tile unless the buffers or the activation alignment say otherwise.
-DEFAULT_K_TILE = 64
+#: Columns per k-tile unless the buffers or the activation alignment say otherwise. Decode
+#: (one token group per batch) is port-bound and wants short tiles (see `plan_projection`);
+#: prefill is lane-bound, its fill is a small share of its work, and longer tiles keep
+#: programs short.
+DECODE_K_TILE = 64
+PREFILL_K_TILE = 256
 
 
 def _ceil(a: int, b: int) -> int:
@@ -123,7 +128,8 @@ def plan_projection(params: ArrayParams, n: int, k: int, tokens: int,
     # Small k-tiles: a MATMUL starts only when its whole tile has arrived and the lanes run
     # exactly as fast as the port delivers base-3 weights, so compute trails the port by one
     # tile for the whole projection, and that tile (plus the latency) is the port's idle tail.
-    k_tile = k_tile or max(k_align, min(max_kt, DEFAULT_K_TILE // k_align * k_align,
+    target = DECODE_K_TILE if batch_groups == 1 else PREFILL_K_TILE
+    k_tile = k_tile or max(k_align, min(max_kt, target // k_align * k_align,
                                         _ceil(k, k_align) * k_align))
     if k_tile % k_align or k_tile > max_kt:
         raise ValueError(f"k_tile={k_tile} must be a multiple of {k_align} and <= {max_kt}")

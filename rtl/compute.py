@@ -13,7 +13,7 @@ __all__ = ["ComputeUnit", "popcount"]
 
 
 def popcount(bits):
-    """A balanced adder tree over the bits of a value (no multiplier)."""
+    """A balanced adder tree over the bits of a value (no multiplier); pass a named Signal."""
     terms = [bits[i] for i in range(len(bits))]
     if not terms:
         return Const(0, 1)
@@ -196,7 +196,11 @@ class ComputeUnit(wiring.Component):
                 totals.append(lane.total)
         for r in range(p.row_lanes):
             zero_bits.append(~self.w_data[2 * r] & s1_mask[r])
-        zeros = popcount(Cat(*zero_bits))
+        # A named signal: slicing an unnamed Cat bit by bit re-emits the whole Cat each time,
+        # which made the netlist grow with the square of the row count.
+        zero_vec = Signal(p.row_lanes)
+        m.d.comb += zero_vec.eq(Cat(*zero_bits))
+        zeros = popcount(zero_vec)
         with m.If(s1):
             m.d.comb += [
                 self.busy_lanes.eq(sum(Mux(s1_tok[j], s1_nrows, 0)

@@ -44,7 +44,7 @@ class Job:
     memory: MemoryImage
     mode: str = "lockstep"          # or "random": seeded stalls and extra latency (results only)
     seed: int = 0
-    max_cycles: int = 1_000_000
+    max_cycles: int | None = None   # None: the backend's own bound
 
     def words(self) -> list:
         return [i.encode() if isinstance(i, Instr) else int(i) for i in self.program]

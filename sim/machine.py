@@ -32,6 +32,7 @@ from rtl.isa import (
     Counter,
     ErrorCode,
     Halt,
+    Instr,
     Load,
     MatMul,
     Opcode,
@@ -130,13 +131,13 @@ class _DecodeCache:
     def get(self, key, enc):
         return self.entries.get((key, int(enc)))
 
-    def put(self, key, enc, trits, bad):
+    def put(self, key, enc, trits, bad, zeros):
         size = trits.nbytes
         while self.entries and self.used + size > self.limit:
             old = next(iter(self.entries))
             self.used -= self.entries.pop(old)[0].nbytes
         if size <= self.limit:
-            self.entries[(key, int(enc))] = (trits, bad)
+            self.entries[(key, int(enc))] = (trits, bad, zeros)
             self.used += size
 
 
@@ -147,18 +148,22 @@ class _Run:
         self.p = p
         self.job = job
         self.cache = cache
-        words = job.words()
-        if len(words) > p.imem_depth:
-            raise ValueError(f"program of {len(words)} instructions exceeds program memory "
-                             f"({p.imem_depth})")
+        if len(job.program) > p.imem_depth:
+            raise ValueError(f"program of {len(job.program)} instructions exceeds program "
+                             f"memory ({p.imem_depth})")
         self.program = []
-        for w in words:
+        for w in job.program:
+            if isinstance(w, Instr):
+                self.program.append(w)
+                continue
             try:
-                self.program.append(decode(w, strict=False))
+                self.program.append(decode(int(w), strict=False))
             except ValueError:
                 self.program.append(None)     # illegal: stops the run when reached
         self.mem = _Memory(job.memory)
-        self.wbuf = np.zeros((p.wbuf_rows, p.row_lanes), np.int8)
+        # Trits as float32, ready for the product; and each row's count of zero trits.
+        self.wbuf = np.zeros((p.wbuf_rows, p.row_lanes), np.float32)
+        self.wzero = np.full(p.wbuf_rows, p.row_lanes, np.int64)
         self.abuf = np.zeros((p.abuf_rows, p.port_bytes), np.uint8)
         self.acc = np.zeros((p.acc_groups, p.token_lanes, p.row_lanes), np.int64)
         self.counters = dict.fromkeys(Counter, 0)
@@ -183,12 +188,11 @@ class _Run:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _level(self, u: Unit, c: int) -> int:
-        return sum(1 for e in self.queues[u] if e[2] <= c)
-
     def _head(self, u: Unit, c: int):
+        # Units evaluate before the dispatcher appends in a cycle, so every queued entry was
+        # dispatched in an earlier cycle and is visible.
         q = self.queues[u]
-        return q[0] if q and q[0][2] <= c else None
+        return q[0] if q else None
 
     def _inflight(self, c: int) -> int:
         return sum(1 for s, r in self.inflight if s < c <= r)
@@ -227,21 +231,29 @@ class _Run:
         lat = p.mem.read_latency
         if rows < ins.rows:
             self._error(c + 1 + rows * ins.length, _PRIO_LOAD_REQ, ErrorCode.BAD_ADDRESS, pc)
-        data = np.concatenate([self.mem.read((ins.dram + r * ins.stride) & _ADDR_MASK,
-                                             ins.length) for r in range(rows)]) \
-            if rows else np.zeros((0, p.port_bytes), np.uint8)
         self.read_spans.append((c + 1 + lat, n))
-        if ins.buffer == Buffer.WEIGHT:
+        key = hit = None
+        if ins.buffer == Buffer.WEIGHT and self.cache:
             key = self.mem.stable_key(ins.dram, ins.stride, ins.length, rows)
-            hit = self.cache.get(key, ins.encoding) if self.cache and key else None
-            trits, bad = hit if hit else self._decode(data, WeightEncoding(ins.encoding))
-            if self.cache and key and not hit:
-                self.cache.put(key, ins.encoding, trits, bad)
+            hit = self.cache.get(key, ins.encoding) if key else None
+        data = None if hit else np.concatenate(
+            [self.mem.read((ins.dram + r * ins.stride) & _ADDR_MASK, ins.length)
+             for r in range(rows)]) if rows else np.zeros((0, p.port_bytes), np.uint8)
+        if ins.buffer == Buffer.WEIGHT:
+            trits, bad = hit[:2] if hit else self._decode(data, WeightEncoding(ins.encoding))
             if bad.any():
                 first = int(np.argmax(bad))
                 self._error(c + 1 + first + lat, _PRIO_LOAD_RESP, ErrorCode.BAD_WEIGHT, pc)
-            good = ~bad
-            self.wbuf[ins.sram:ins.sram + n][good] = trits[good]
+            zeros = hit[2] if hit else (trits == 0).sum(axis=1)
+            if self.cache and key and not hit:
+                self.cache.put(key, ins.encoding, trits, bad, zeros)
+            if bad.any():
+                good = ~bad
+                self.wbuf[ins.sram:ins.sram + n][good] = trits[good]
+                self.wzero[ins.sram:ins.sram + n][good] = zeros[good]
+            else:
+                self.wbuf[ins.sram:ins.sram + n] = trits
+                self.wzero[ins.sram:ins.sram + n] = zeros
         else:
             self.abuf[ins.sram:ins.sram + n] = data
         self.gen_free = c + n if rows == ins.rows else _NEVER
@@ -314,31 +326,37 @@ class _Run:
 
     def _matmul(self, ins: MatMul, groups: int, span: int, c: int):
         p = self.p
-        lt, k = p.token_lanes, ins.k_len
-        w = self.wbuf[ins.wbuf:ins.wbuf + k].copy()
-        w[:, ins.n_rows:] = 0
-        zeros = (w[:, :ins.n_rows] == 0).sum(axis=1)
+        lt, k, nr = p.token_lanes, ins.k_len, ins.n_rows
+        w = self.wbuf[ins.wbuf:ins.wbuf + k]
+        if nr == p.row_lanes:
+            zeros = self.wzero[ins.wbuf:ins.wbuf + k].copy()    # kept until the run ends
+        else:
+            zeros = (w[:, :nr] == 0).sum(axis=1)
         active = [min(lt, ins.tokens - g * lt) for g in range(groups)]
-        # Per stage-1 cycle (group-major), the busy and zero-weight lane counts.
-        self.busy_parts.append((c + 2, np.repeat(np.array(active, np.int64) * ins.n_rows, k),
-                                np.concatenate([zeros * a for a in active])
-                                if groups else np.zeros(0, np.int64)))
+        # Stage-1 cycles from c+2 on, group-major: busy lanes and zero-weight lanes per cycle.
+        self.busy_parts.append((c + 2, k, nr, active, zeros))
         if not groups:
             return
-        x = np.empty((groups, lt, k), np.float32)
-        for g in range(groups):
-            row = ins.abuf + g * ins.x_stride
-            raw = self.abuf[row:row + span].reshape(-1)[:k * lt].view(np.int8)
-            x[g] = raw.reshape(k, lt).T
-        prod = np.rint(x @ w.astype(np.float32)).astype(np.int64)      # (groups, lt, rows)
-        dst = self.acc[ins.acc:ins.acc + groups]
-        init = dst if ins.accumulate else np.zeros_like(dst)
-        mask = np.zeros((groups, lt, 1), bool)
+        if groups == 1 and ins.abuf + span <= p.abuf_rows:
+            raw = self.abuf[ins.abuf:ins.abuf + span].reshape(-1)[:k * lt].view(np.int8)
+            x = raw.reshape(1, k, lt).transpose(0, 2, 1).astype(np.float32)
+        else:
+            x = np.empty((groups, lt, k), np.float32)
+            for g in range(groups):
+                row = ins.abuf + g * ins.x_stride
+                raw = self.abuf[row:row + span].reshape(-1)[:k * lt].view(np.int8)
+                x[g] = raw.reshape(k, lt).T
+        prod = (x @ w).astype(np.int64)                               # exact: |sum| < 2^24
+        if nr < p.row_lanes:
+            prod[:, :, nr:] = 0
         for g, a in enumerate(active):
-            mask[g, :a] = True
-        out = init + np.where(mask, prod, 0)
+            prod[g, a:] = 0
+        dst = self.acc[ins.acc:ins.acc + groups]
+        out = dst + prod if ins.accumulate else prod
         half = 1 << (p.acc_bits - 1)
-        self.acc[ins.acc:ins.acc + groups] = (out + half) % (2 * half) - half
+        if ins.accumulate or k * 128 >= half:
+            out = (out + half) % (2 * half) - half                    # the accumulator wraps
+        self.acc[ins.acc:ins.acc + groups] = out
 
     def _store(self, c: int):
         """The STORE unit at cycle c. Returns (issued, stall_dep)."""
@@ -392,8 +410,8 @@ class _Run:
         timeout = False
         while True:
             self.pops = dict.fromkeys(self.tokens, 0)
-            levels = {u: self._level(u, c) for u in self.queues}
-            heads = {u: self._head(u, c) is not None for u in self.queues}
+            levels = {u: len(q) for u, q in self.queues.items()}
+            heads = {u: bool(q) for u, q in self.queues.items()}
             load_active = c <= self.gen_busy_end or self._inflight(c) > 0
             comp_active = c <= self.comp_active_until
             store_active = c <= self.store_busy_end
@@ -480,9 +498,10 @@ class _Run:
                 future += [e[0] for e in self.errors if e[0] > c]
                 future += [r + 1 for _, r in self.inflight if r + 1 > c]
                 nxt = min(future) if future else _NEVER
-            if nxt > self.job.max_cycles:
-                self._count_stalls(stalls, self.job.max_cycles + 1 - c)
-                timeout, end = True, self.job.max_cycles
+            limit = MAX_CYCLES if self.job.max_cycles is None else self.job.max_cycles
+            if nxt > limit:
+                self._count_stalls(stalls, limit + 1 - c)
+                timeout, end = True, limit
                 break
             self._count_stalls(stalls, nxt - c)
             c = nxt
@@ -502,10 +521,15 @@ class _Run:
             ctr[Counter.BYTES_READ] += p.port_bytes * max(0, min(n, end + 1 - first))
         for first, n in self.write_spans:
             ctr[Counter.BYTES_WRITTEN] += p.port_bytes * max(0, min(n, end + 1 - first))
-        for first, busy, zeros in self.busy_parts:
-            m = max(0, min(len(busy), end + 1 - first))
-            ctr[Counter.BUSY_LANE_CYCLES] += int(busy[:m].sum())
-            ctr[Counter.SKIPPED_ZERO] += int(zeros[:m].sum())
+        for first, k, nr, active, zeros in self.busy_parts:
+            m = max(0, min(k * len(active), end + 1 - first))      # stage-1 cycles that ran
+            full, part = divmod(m, k)
+            done = sum(active[:full])
+            busy = nr * (done * k + (active[full] * part if part else 0))
+            skipped = int(zeros.sum()) * done + (int(zeros[:part].sum()) * active[full]
+                                                 if part else 0)
+            ctr[Counter.BUSY_LANE_CYCLES] += busy
+            ctr[Counter.SKIPPED_ZERO] += skipped
         trace = sorted(r for r in self.trace if r.cycle <= end)
         writes = [(a, v) for cyc, a, v in self.writes if cyc <= end]
         return RunResult(status=status, error=error, error_pc=error_pc,
@@ -553,4 +577,8 @@ class Simulator:
                 if not region.flags.writeable:
                     self.cache.keep[_data_address(region)] = region
         return _Run(self.params, job, self.cache).run()
+
+
+#: Without a job limit the simulator runs until the 40-bit cycle counter would wrap.
+MAX_CYCLES = (1 << 40) - 1
 

@@ -81,11 +81,11 @@ def run_layer(art: Artifact, layer: LayerEntry, x_q: np.ndarray, backend,
               check: bool = False) -> tuple:
     """Run one projection on `x_q` (tokens, k) int8; return (int32 results, LayerReport)."""
     p = art.params
-    plan, words = art.program(layer, x_q.shape[0])
+    plan, program = art.program(layer, x_q.shape[0])
     mem = MemoryImage(p.port_bytes)
     mem.add(0, art.weights)
     mem.add(plan.x_base, pack_activation_image(plan, x_q))
-    result = backend.run([Job(words, mem)])[0]
+    result = backend.run([Job(program, mem)])[0]
     if result.status != Status.DONE:
         raise RunError(f"{layer.name}: the accelerator stopped with {result.status.name} "
                        f"{result.error.name} at pc {result.error_pc}")

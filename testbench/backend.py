@@ -6,7 +6,11 @@ from sim.backend import Job, RunResult
 
 from .verilator import build, run_cocotb
 
-__all__ = ["VerilatorBackend", "record_waves"]
+__all__ = ["VerilatorBackend", "record_waves", "MAX_CYCLES"]
+
+#: A guard for runs under cocotb (about 30k cycles/s): the RTL cannot hang on any program,
+#: so reaching this means a bug, reported as a timeout.
+MAX_CYCLES = 5_000_000
 
 
 class VerilatorBackend:
@@ -30,7 +34,7 @@ class VerilatorBackend:
             {"program": [f"{w:x}" for w in job.words()],
              "memory": {str(a): f"{v:x}" for a, v in job.memory.word_dict().items()},
              "mode": job.mode, "seed": job.seed, "latency": p.mem.read_latency,
-             "max_cycles": job.max_cycles}
+             "max_cycles": job.max_cycles or MAX_CYCLES}
             for job in jobs]}
         out = run_cocotb(self.runner, self.build_dir, "testbench.accel_cocotb", "ternary_accel",
                          payload, waves=self.waves)

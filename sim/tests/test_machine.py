@@ -25,6 +25,7 @@ SMALL = ArrayParams(name="small", port_bytes=4, token_lanes=2, wbuf_rows=64, abu
 def projection(params, n, k, t, seed=0, **kw):
     rng = np.random.default_rng(seed)
     w = rng.integers(-1, 2, (n, k)).astype(np.int8)
+    projection.w = w
     x = rng.integers(-128, 128, (t, k)).astype(np.int8)
     plan = plan_projection(params, n, k, t, **kw)
     mem = MemoryImage(params.port_bytes)
@@ -42,6 +43,9 @@ def test_results_equal_golden(seed):
     assert r.status == Status.DONE, f"seed {seed}"
     got = unpack_results(plan, r.region(plan.y_base, plan.y_words))
     assert np.array_equal(got, want), f"seed {seed}: n={n} k={k} t={t}"
+    # Every weight is used once per token: busy work and skipped zeros follow from W alone.
+    assert r.counters["BUSY_LANE_CYCLES"] == t * n * k, f"seed {seed}"
+    assert r.counters["SKIPPED_ZERO"] == t * int((projection.w == 0).sum()), f"seed {seed}"
 
 
 def retire_cycles(result):

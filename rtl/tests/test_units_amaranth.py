@@ -1,0 +1,305 @@
+"""TernaryLane and WeightDecoder under Amaranth's simulator, against plain-Python models.
+
+The models and the stimulus generators here are also what the cocotb + Verilator tests
+(`testbench/test_lane.py`, `testbench/test_decoder.py`) check against, on longer runs.
+"""
+
+import random
+import time
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from rtl.decoder import WeightDecoder
+from rtl.isa import BASE3_VALID_BYTES, CODE2_INVALID, TRITS_PER_BYTE, WeightEncoding
+from rtl.lane import TernaryLane
+from rtl.params import ACT_BITS, SCALE_POINTS, ArrayParams
+from sim.golden import pack_trits, unpack_trits
+
+#: Accumulator width of every scale point (it depends only on max_k).
+ACC_BITS = SCALE_POINTS["tiny"].acc_bits
+#: A small decoder: 4-byte port, 20 lanes.
+DECODER_PARAMS = ArrayParams(name="t", port_bytes=4, token_lanes=2, wbuf_rows=64, abuf_rows=64,
+                             acc_groups=8, imem_depth=64)
+X_MIN, X_MAX = -(1 << (ACT_BITS - 1)), (1 << (ACT_BITS - 1)) - 1
+#: Activations worth hitting often: both ends of int8 and the neighbours of zero.
+X_CORNERS = (X_MIN, X_MAX, X_MIN + 1, -1, 0, 1)
+
+
+# -- TernaryLane model ---------------------------------------------------------------------------
+
+def wrap(value: int, bits: int) -> int:
+    """Two's complement wrap to a signed `bits`-bit value."""
+    value &= (1 << bits) - 1
+    return value - (1 << bits) if value >> (bits - 1) else value
+
+
+def lane_model(steps, acc_bits: int, acc: int = 0):
+    """Expected (acc, total) of a TernaryLane over `steps` of (step, first, init, nz, neg, x).
+
+    acc[i] is the accumulator while step i is applied (acc has one extra entry, after the last
+    step); total[i] = (init if first else acc) + w * x with w = 0 if not nz else -1 if neg else 1.
+    The accumulator takes total when step and (first or nz); a zero weight is a skip.
+    """
+    accs, totals = [acc], []
+    for step, first, init, nz, neg, x in steps:
+        w = 0 if not nz else -1 if neg else 1
+        total = wrap((init if first else acc) + w * x, acc_bits)
+        totals.append(total)
+        if step and (first or nz):
+            acc = total
+        accs.append(acc)
+    return accs, totals
+
+
+def random_lane_steps(seed: int, n: int, acc_bits: int) -> list:
+    """`n` random steps; x is often an int8 extreme, init sometimes an accumulator extreme."""
+    rng = random.Random(seed)
+    lo, hi = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1
+    init_corners = (0, -1, 1, lo, hi, lo + 127, hi - 127)
+    steps = []
+    for _ in range(n):
+        x = rng.choice(X_CORNERS) if rng.random() < 0.4 else rng.randint(X_MIN, X_MAX)
+        r = rng.random()
+        init = (rng.choice(init_corners) if r < 0.3 else rng.randint(lo, hi) if r < 0.6
+                else rng.randint(-4096, 4096))
+        steps.append([int(rng.random() < 0.85), int(rng.random() < 0.1), init,
+                      int(rng.random() < 0.6), rng.getrandbits(1), x])
+    return steps
+
+
+def corner_lane_steps(acc_bits: int) -> list:
+    """Every (step, first, nz, neg) with x in the int8 corners, from a few accumulator values.
+
+    Each corner step is preceded by a `first` step that loads a known accumulator, so that
+    skips and holds are visible against a nonzero value and wrapping at both ends is hit.
+    """
+    lo, hi = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1
+    steps = []
+    for start in (0, -1, 1000, lo, hi):
+        for x in X_CORNERS:
+            for step in (0, 1):
+                for first in (0, 1):
+                    for nz in (0, 1):
+                        for neg in (0, 1):
+                            init = ~start if first else 12345   # ~start is in range
+                            steps.append([1, 1, start, 0, 1, X_MIN])
+                            steps.append([step, first, init, nz, neg, x])
+    return steps
+
+
+#: Directed lane cases: (steps, expected acc while each step applies plus after the last).
+LANE_CASES = {
+    # nz = 0 leaves the accumulator alone whatever neg and x say.
+    "skip_zero_weight": ([[1, 1, 100, 1, 0, 5], [1, 0, 0, 0, 0, X_MIN], [1, 0, 0, 0, 1, X_MIN],
+                          [1, 0, 0, 0, 0, X_MAX], [1, 0, 0, 0, 1, X_MAX]],
+                         [0, 105, 105, 105, 105, 105]),
+    "add_sub": ([[1, 1, 0, 1, 0, X_MAX], [1, 0, 0, 1, 1, X_MIN], [1, 0, 0, 1, 0, X_MIN],
+                 [1, 0, 0, 1, 1, X_MAX]],
+                [0, 127, 255, 127, 0]),
+    # first with a zero weight still loads init; step = 0 holds even with first set.
+    "first_and_hold": ([[1, 1, -7, 0, 1, 9], [0, 1, 50, 1, 0, 9], [0, 0, 0, 1, 1, 3],
+                        [1, 1, 50, 1, 1, X_MIN]],
+                       [0, -7, -7, -7, 178]),
+}
+
+
+# -- WeightDecoder model -------------------------------------------------------------------------
+
+def trit_field(trits) -> int:
+    """Lane l's 2-bit control at bits [2l+1:2l]: bit 0 nonzero, bit 1 negative."""
+    field = 0
+    for lane, t in enumerate(trits):
+        field |= (int(t != 0) | int(t < 0) << 1) << (2 * lane)
+    return field
+
+
+def decoder_model(params: ArrayParams, encoding: int, word: int):
+    """Expected (trits, invalid) of a WeightDecoder; trits is None where it is unspecified."""
+    if encoding not in {int(e) for e in params.encodings}:
+        return None, 1
+    enc = WeightEncoding(encoding)
+    raw = np.frombuffer(word.to_bytes(params.port_bytes, "little"), dtype=np.uint8)
+    try:
+        trits = unpack_trits(raw, enc, TRITS_PER_BYTE[enc] * params.port_bytes)
+    except ValueError:
+        return None, 1
+    return trit_field(trits), 0   # lanes past the encoding's reach (2-bit mode) read 0
+
+
+def _word(byte_values) -> int:
+    return int.from_bytes(bytes(byte_values), "little")
+
+
+def _random_valid_bytes(rng: random.Random, params: ArrayParams, enc: WeightEncoding) -> list:
+    n = TRITS_PER_BYTE[enc] * params.port_bytes
+    trits = np.array([rng.choice((-1, 0, 1)) for _ in range(n)], dtype=np.int8)
+    return list(pack_trits(trits, enc))
+
+
+def decoder_vectors(seed: int, params: ArrayParams, n_random: int = 50,
+                    positions=None) -> list:
+    """Labelled (label, encoding, word, expect_invalid) vectors.
+
+    Random valid words in both encodings (packed with `sim.golden.pack_trits`); all 243 valid
+    base-3 byte values, and each invalid one, at the byte positions `positions` (default all)
+    of an otherwise valid word; every 2-bit byte value at those positions (0b11 anywhere makes
+    it invalid); several invalid bytes at once; and the encodings outside `WeightEncoding`.
+    """
+    rng = random.Random(seed)
+    nbytes = params.port_bytes
+    positions = range(nbytes) if positions is None else positions
+    base3, code2 = WeightEncoding.BASE3, WeightEncoding.CODE2
+    out = []
+    for enc in (base3, code2):
+        for i in range(n_random):
+            out.append((f"random {enc.name} #{i}", enc, _word(_random_valid_bytes(rng, params,
+                                                                                 enc)), 0))
+    for j in positions:
+        for value in range(256):
+            b = _random_valid_bytes(rng, params, base3)
+            b[j] = value
+            out.append((f"BASE3 byte {j} = {value}", base3, _word(b),
+                        int(value >= BASE3_VALID_BYTES)))
+        for value in range(256):
+            b = _random_valid_bytes(rng, params, code2)
+            b[j] = value
+            bad = any((value >> (2 * i)) & 3 == CODE2_INVALID for i in range(4))
+            out.append((f"CODE2 byte {j} = {value:#010b}", code2, _word(b), int(bad)))
+    for i in range(10):
+        b = _random_valid_bytes(rng, params, base3)
+        for j in rng.sample(range(nbytes), rng.randint(2, nbytes)):
+            b[j] = rng.randrange(BASE3_VALID_BYTES, 256)
+        out.append((f"BASE3 several invalid bytes #{i}", base3, _word(b), 1))
+        b = _random_valid_bytes(rng, params, code2)
+        for lane in rng.sample(range(4 * nbytes), rng.randint(2, 4 * nbytes)):
+            b[lane // 4] |= CODE2_INVALID << (2 * (lane % 4))
+        out.append((f"CODE2 several 0b11 codes #{i}", code2, _word(b), 1))
+    reserved = sorted(set(range(1 << WeightEncoding.as_shape().width)) - {int(e) for e in
+                                                                        WeightEncoding})
+    for enc in reserved:
+        for i in range(5):
+            word = (_word(_random_valid_bytes(rng, params, rng.choice((base3, code2))))
+                    if i else 0)
+            out.append((f"encoding {enc} #{i}", enc, word, 1))
+    return out
+
+
+def check_decoder_outputs(params: ArrayParams, vectors, got, seed) -> None:
+    """Compare (trits, invalid) per vector with the model; name the seed and the lanes."""
+    assert len(got) == len(vectors), f"seed={seed}: {len(got)} results for {len(vectors)} vectors"
+    for (label, enc, word, expect_invalid), (trits, invalid) in zip(vectors, got):
+        want_trits, want_invalid = decoder_model(params, int(enc), word)
+        assert want_invalid == expect_invalid, f"seed={seed} {label}: vector generator is wrong"
+        where = f"seed={seed} {label} (encoding={int(enc)}, word={word:#x})"
+        assert invalid == want_invalid, f"{where}: invalid={invalid}, expected {want_invalid}"
+        if want_trits is not None and trits != want_trits:
+            lanes = [f"lane {lane}: {trits >> 2 * lane & 3:02b} != {want_trits >> 2 * lane & 3:02b}"
+                     for lane in range(params.row_lanes) if (trits ^ want_trits) >> 2 * lane & 3]
+            raise AssertionError(f"{where}: trits differ (got != expected, bit 0 nz, bit 1 neg): "
+                                 + "; ".join(lanes))
+
+
+# -- Amaranth simulation -------------------------------------------------------------------------
+
+def check_lane_trace(steps, accs, totals, want_accs, want_totals, label) -> None:
+    """Compare a recorded lane trace with the expectation; report the first differing cycle."""
+    assert len(accs) == len(want_accs), f"{label}: {len(accs)} samples, expected {len(want_accs)}"
+    for i, (got, want) in enumerate(zip(accs, want_accs)):
+        if got != want:
+            prev = steps[i - 1] if i else None
+            raise AssertionError(f"{label}: cycle {i}: acc={got}, expected {want} (after step "
+                                 f"[step, first, init, nz, neg, x]={prev}; "
+                                 f"before it acc={accs[i - 1] if i else 'reset'})")
+    for i, (got, want) in enumerate(zip(totals, want_totals)):
+        if got != want:
+            raise AssertionError(f"{label}: cycle {i}: total={got}, expected {want} with "
+                                 f"[step, first, init, nz, neg, x]={steps[i]}, acc={accs[i]}")
+
+
+def simulate_lane(acc_bits: int, steps):
+    """Run `steps` through TernaryLane in Amaranth's simulator; return (accs, totals)."""
+    dut = TernaryLane(acc_bits)
+    accs, totals = [], []
+
+    async def testbench(ctx):
+        for fields in steps:
+            for name, value in zip(("step", "first", "init", "nz", "neg", "x"), fields):
+                ctx.set(getattr(dut, name), value)
+            accs.append(ctx.get(dut.acc))
+            totals.append(ctx.get(dut.total))
+            await ctx.tick()
+        ctx.set(dut.step, 0)
+        accs.append(ctx.get(dut.acc))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    return accs, totals
+
+
+def simulate_decoder(params: ArrayParams, vectors):
+    """Apply each (label, encoding, word, _) to WeightDecoder; return [(trits, invalid)]."""
+    dut = WeightDecoder(params)
+    got = []
+
+    async def testbench(ctx):
+        for _, enc, word, _ in vectors:
+            ctx.set(dut.encoding, enc)
+            ctx.set(dut.word, word)
+            got.append((ctx.get(dut.trits), ctx.get(dut.invalid)))
+
+    sim = Simulator(dut)
+    sim.add_testbench(testbench)
+    sim.run()
+    return got
+
+
+@pytest.mark.parametrize("case", sorted(LANE_CASES))
+def test_lane_directed(case):
+    steps, want = LANE_CASES[case]
+    accs, totals = simulate_lane(ACC_BITS, steps)
+    want_accs, want_totals = lane_model(steps, ACC_BITS)
+    assert want_accs == want, f"{case}: the model disagrees with the written expectation"
+    check_lane_trace(steps, accs, totals, want, want_totals, case)
+
+
+@pytest.mark.parametrize("acc_bits", [ACC_BITS, ACT_BITS + 2])
+def test_lane_corners(acc_bits):
+    t = time.monotonic()
+    steps = corner_lane_steps(acc_bits)
+    check_lane_trace(steps, *simulate_lane(acc_bits, steps), *lane_model(steps, acc_bits),
+                     f"corners acc_bits={acc_bits}")
+    print(f"lane corners, acc_bits={acc_bits}: {len(steps)} cycles in "
+          f"{time.monotonic() - t:.2f} s")
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_lane_random(seed):
+    t = time.monotonic()
+    steps = random_lane_steps(seed, 1000, ACC_BITS)
+    check_lane_trace(steps, *simulate_lane(ACC_BITS, steps), *lane_model(steps, ACC_BITS),
+                     f"seed={seed}")
+    print(f"lane seed={seed}: {len(steps)} cycles in {time.monotonic() - t:.2f} s")
+
+
+@pytest.mark.parametrize("seed", [1])
+def test_decoder_vectors(seed):
+    t = time.monotonic()
+    vectors = decoder_vectors(seed, DECODER_PARAMS, n_random=20, positions=[seed % 4])
+    check_decoder_outputs(DECODER_PARAMS, vectors, simulate_decoder(DECODER_PARAMS, vectors),
+                          seed)
+    print(f"decoder seed={seed}: {len(vectors)} vectors in {time.monotonic() - t:.2f} s")
+
+
+@pytest.mark.parametrize("only", list(WeightEncoding), ids=lambda e: e.name)
+def test_decoder_one_encoding_enabled(only):
+    # With one encoding built in, the other is refused like a reserved value.
+    params = ArrayParams(name="one", port_bytes=4, token_lanes=2, wbuf_rows=64, abuf_rows=64,
+                         acc_groups=8, imem_depth=64, encodings=(only,))
+    vectors = [(label, enc, word, int(expect or enc != only))
+               for label, enc, word, expect in decoder_vectors(3, params, n_random=10,
+                                                               positions=[])]
+    check_decoder_outputs(params, vectors, simulate_decoder(params, vectors), 3)
