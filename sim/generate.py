@@ -1,0 +1,127 @@
+"""Greedy generation with BitNet b1.58: projections on the accelerator, the rest on the host.
+
+    python -m sim.generate MODEL_DIR (--prompt-ids 1,2,3 | --prompt TEXT) --max-new-tokens N
+        [--backend sim|verilator|golden] [--target default] [--logits FILE.npy] [--json]
+
+MODEL_DIR holds config.json and the checkpoint (packed or float). For the accelerator backends
+it is lowered on the fly to MODEL_DIR/accel-<target>-base3, or the artifact there is reused when
+it matches (see `sim.host.prepare_artifact`). --prompt needs MODEL_DIR/tokenizer.json and the
+`tokenizers` package. --logits saves the float32 logits of every processed position, shape
+[prompt length + N - 1, vocab]; row i is the output after consuming token i.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from compiler.artifact import ArtifactError
+from compiler.checkpoint import CheckpointError
+from rtl.params import SCALE_POINTS
+
+from .host import BACKENDS, PRECISIONS, HostError, HostModel
+
+__all__ = ["main", "parse_ids"]
+
+
+def parse_ids(text: str) -> list[int]:
+    """"1,2,3" -> [1, 2, 3]; a one-line ValueError on anything else."""
+    try:
+        ids = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--prompt-ids must be comma-separated integers, got {text!r}") from None
+    if not ids:
+        raise ValueError("--prompt-ids is empty")
+    return ids
+
+
+def _tokenizer(model_dir: Path):
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        raise HostError(f"{path}: no such file; --prompt needs a tokenizer.json "
+                        f"(use --prompt-ids otherwise)")
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise HostError("--prompt needs the 'tokenizers' package (pip install tokenizers)") \
+            from None
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:   # the Rust side raises its own exception type
+        raise HostError(f"{path}: cannot be read as a tokenizer ({e})") from None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sim.generate",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("model_dir", type=Path, help="directory with config.json and the checkpoint")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt-ids", help="comma-separated token ids, e.g. 1,2,3")
+    src.add_argument("--prompt", help="prompt text (needs MODEL_DIR/tokenizer.json)")
+    ap.add_argument("--max-new-tokens", type=int, default=8, metavar="N",
+                    help="tokens to generate (default 8)")
+    ap.add_argument("--backend", choices=BACKENDS, default="sim",
+                    help="where the ternary products run: the cycle-accurate simulator "
+                         "(default), the RTL under Verilator, or golden numpy")
+    ap.add_argument("--target", choices=list(SCALE_POINTS), default="default",
+                    help="scale point to lower for (default: default)")
+    ap.add_argument("--precision", choices=PRECISIONS, default="float16",
+                    help="attention precision on the host (default float16)")
+    ap.add_argument("--check", action="store_true",
+                    help="compare every accelerator product with the golden one")
+    ap.add_argument("--logits", type=Path, metavar="FILE.npy",
+                    help="save float32 logits [prompt + N - 1, vocab]")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+
+    t0 = time.monotonic()
+    try:
+        if args.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+        if not (args.model_dir / "config.json").is_file():
+            raise HostError(f"{args.model_dir}: no config.json (not a model directory)")
+        tok = None
+        if args.prompt is not None:
+            tok = _tokenizer(args.model_dir)
+            prompt = tok.encode(args.prompt).ids
+            if not prompt:
+                raise ValueError("--prompt encodes to no tokens")
+        else:
+            prompt = parse_ids(args.prompt_ids)
+        model = HostModel(args.model_dir, args.backend, args.target, args.precision, args.check,
+                          progress=sys.stderr.isatty() and not args.json)
+        new, logits = model.generate(prompt, args.max_new_tokens)
+        if args.logits is not None:
+            args.logits.parent.mkdir(parents=True, exist_ok=True)
+            np.save(args.logits, logits)
+    except (HostError, CheckpointError, ArtifactError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    text = tok.decode(new) if tok is not None else None
+    cycles = sum(s.parts["projections"].cycles or 0 for s in model.ledger)
+    out = {"prompt_ids": prompt, "new_ids": new, "text": text, "backend": args.backend,
+           "target": args.target if args.backend != "golden" else None,
+           "artifact": str(model.artifact.path) if model.artifact else None,
+           "artifact_reused": model.reused, "accelerator_cycles": cycles,
+           "logits": str(args.logits) if args.logits else None,
+           "logits_shape": list(logits.shape), "seconds": round(time.monotonic() - t0, 3)}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(" ".join(str(i) for i in new))
+        if text is not None:
+            print(text)
+        if args.backend != "golden":
+            print(f"# {cycles:,} accelerator cycles ({args.backend}, target {args.target}); "
+                  f"{out['seconds']:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
