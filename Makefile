@@ -13,7 +13,7 @@ STAMP   := $(VENV)/.installed
 export XDG_CACHE_HOME ?= $(CURDIR)/$(VENV)/cache
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup sim test lint docs verilog bench wave clean
+.PHONY: help setup sim test lint docs verilog bench amdahl wave clean
 
 help:  ## list the targets
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | \
@@ -50,6 +50,9 @@ verilog: $(STAMP)  ## write build/verilog/<scale point>.v for each scale point
 
 bench: $(STAMP)  ## benchmarks (simulator speed, bandwidth, utilization, compile time) -> docs/results.md
 	$(BIN)/python -m sim.bench --out $(BUILD)/bench --results docs/results.md
+
+amdahl: $(STAMP)  ## the Amdahl ledger: sweeps, CSV/JSON and plots -> build/amdahl
+	$(BIN)/python -m sim.amdahl --out $(BUILD)/amdahl
 
 # Rerun one test with waveforms: make wave TEST='testbench/test_lockstep.py::test_errors_lockstep[tiny]'
 TEST ?= testbench/test_lockstep.py::test_special_values_lockstep[tiny]

@@ -104,7 +104,7 @@ class ErrorCode(enum.IntEnum, shape=4):
     NONE = 0
     ILLEGAL_OPCODE = 1   #: opcode not in `Opcode`
     BAD_DEPENDENCY = 2   #: a pop/push towards a unit that does not exist (LOAD prev, STORE next)
-    BAD_FIELD = 3        #: a zero count, a reserved encoding, or a size beyond this scale point
+    BAD_FIELD = 3        #: a zero count, a weight encoding not enabled, a size past the scale point
     BAD_ADDRESS = 4      #: a buffer range that runs past the end of the buffer
     BAD_WEIGHT = 5       #: an invalid code in the weight stream (base-3 >= 243, 2-bit 0b11)
     TOKEN_OVERFLOW = 6   #: a push onto a full dependency-token queue

@@ -53,7 +53,7 @@ class ArrayParams:
     max_k : largest reduction length that provably cannot overflow an accumulator.
     queue_depth : instructions buffered in front of each of the load, compute and store units.
     token_depth : capacity of each dependency-token queue between units.
-    loads_in_flight : LOADs whose requests are all out but whose responses are not all back.
+    loads_in_flight : LOADs taken by the LOAD unit and not yet retired (all responses back).
     imem_depth : instructions the program memory holds.
     encodings : weight encodings the decoder implements (`rtl.isa.WeightEncoding` values).
     mem : timing of the external memory port.

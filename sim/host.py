@@ -38,11 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.artifact import Artifact, ArtifactError
-from compiler.checkpoint import Checkpoint, ModelConfig, Projection, read_config
+from compiler.artifact import Artifact, ArtifactError, params_to_json
+from compiler.checkpoint import Checkpoint, ModelConfig, Projection, projection_list, read_config
+from compiler.lower import LowerError, lower
 from rtl.isa import TRITS_PER_BYTE, WeightEncoding
 from rtl.params import scale_point
 from sim.golden import dequantize, quantize_activations, ternary_matmul
+from sim.run import RunError, make_backend, run_layer
 
 __all__ = ["BACKENDS", "PARTS", "GoldenProjector", "AcceleratorProjector", "HostModel",
            "HostError", "Step", "prepare_artifact", "artifact_dir"]
@@ -102,8 +104,6 @@ class AcceleratorProjector:
     """
 
     def __init__(self, art: Artifact, backend: str = "sim", check: bool = False):
-        from sim.run import make_backend
-
         self.art, self.name, self.check = art, backend, check
         self.backend = make_backend(backend, art.params)
         self._layers = {e.name: e for e in art.layers}
@@ -112,13 +112,15 @@ class AcceleratorProjector:
         return _F32(self._layers[proj.name].gamma)
 
     def __call__(self, proj: Projection, x_q: np.ndarray) -> ProjectionResult:
-        from sim.run import run_layer
-
         entry = self._layers[proj.name]
         batch = self.art.token_batch
         accs, cycles, wbytes = [], 0, 0
         for t0 in range(0, x_q.shape[0], batch):
-            acc, rep = run_layer(self.art, entry, x_q[t0:t0 + batch], self.backend, self.check)
+            try:
+                acc, rep = run_layer(self.art, entry, x_q[t0:t0 + batch], self.backend,
+                                     self.check)
+            except RunError as e:
+                raise HostError(str(e)) from None
             if self.check and not rep.exact:
                 raise HostError(f"{proj.name}: accelerator result differs from the golden "
                                 f"integer product")
@@ -142,9 +144,6 @@ def _artifact_matches(path: Path, model_dir: Path, cfg: ModelConfig, target: str
     weights, hold every projection of the config with its shape, and be newer than config.json
     and every safetensors file of the model.
     """
-    from compiler.artifact import params_to_json
-    from compiler.checkpoint import projection_list
-
     man = path / "manifest.json"
     if not man.is_file():
         return False
@@ -170,8 +169,6 @@ def _artifact_matches(path: Path, model_dir: Path, cfg: ModelConfig, target: str
 def prepare_artifact(model_dir: Path, target: str = "default",
                      progress: bool = False) -> tuple[Artifact, bool]:
     """Lower `model_dir` for `target` unless a matching artifact exists; (artifact, reused)."""
-    from compiler.lower import LowerError, lower
-
     model_dir = Path(model_dir)
     path = artifact_dir(model_dir, target)
     cfg = read_config(model_dir)
@@ -289,7 +286,6 @@ class HostModel:
                 self.artifact, self.reused = prepare_artifact(self.model_dir, target, progress)
             self.projector = AcceleratorProjector(self.artifact, backend, check)
         self.backend = backend
-        self.clock_mhz = None
         self._projs = {(p.layer, p.kind): p for p in self.ckpt.projections()}
         self._gamma = {p.name: self.projector.gamma(p) for p in self._projs.values()}
         self.embed = self.ckpt.embedding()

