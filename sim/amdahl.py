@@ -164,11 +164,11 @@ def token_batch(target: str) -> int:
 
 def simulate_cycles(target: str, n: int, k: int, tokens: int) -> dict:
     """Run one (n, k, tokens) projection on the simulator; its cycles and weight bytes."""
-    from sim.bench import projection_job
+    from sim.backend import random_projection_job
     from sim.machine import Simulator
 
     params = scale_point(target)
-    plan, job, _ = projection_job(params, n, k, tokens)
+    plan, job, _ = random_projection_job(params, n, k, tokens)
     r = Simulator(params, cache_bytes=0).run_one(job)
     if r.status.name != "DONE":
         raise AmdahlError(f"simulator stopped with {r.status.name} on {n}x{k}, {tokens} tokens")

@@ -13,7 +13,7 @@ import numpy as np
 from rtl.isa import Counter, ErrorCode, Instr, Status, TraceRecord
 from rtl.params import ArrayParams
 
-__all__ = ["Job", "RunResult", "MemoryImage"]
+__all__ = ["Job", "RunResult", "MemoryImage", "projection_job", "random_projection_job"]
 
 
 @dataclass
@@ -98,3 +98,26 @@ class RunResult:
                    trace=[TraceRecord.decode(w) for w in d["trace"]],
                    writes=[(a, int(v, 16)) for a, v in d["writes"]],
                    port_bytes=params.port_bytes, timeout=d.get("timeout", False))
+
+
+def projection_job(params: ArrayParams, w_t: np.ndarray, x_q: np.ndarray,
+                   encoding: int = 0, **plan_args) -> tuple:
+    """Plan y = x_q . w_t^T and lay out its memory: (plan, Job). The one way tests, benchmarks
+    and tools build a single-projection job."""
+    from compiler.tiling import pack_activation_image, pack_weight_image, plan_projection
+    plan = plan_projection(params, w_t.shape[0], w_t.shape[1], x_q.shape[0], encoding,
+                           **plan_args)
+    mem = MemoryImage(params.port_bytes)
+    mem.add(plan.w_base, pack_weight_image(plan, w_t))
+    mem.add(plan.x_base, pack_activation_image(plan, x_q))
+    return plan, Job(list(plan.program), mem)
+
+
+def random_projection_job(params: ArrayParams, n: int, k: int, tokens: int, seed: int = 0,
+                          **plan_args) -> tuple:
+    """A projection of random ternary weights and int8 activations: (plan, Job, (x_q, w_t))."""
+    rng = np.random.default_rng(seed)
+    w_t = rng.integers(-1, 2, (n, k)).astype(np.int8)
+    x_q = rng.integers(-128, 128, (tokens, k)).astype(np.int8)
+    plan, job = projection_job(params, w_t, x_q, **plan_args)
+    return plan, job, (x_q, w_t)

@@ -19,14 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from compiler.tiling import (
-    pack_activation_image,
-    pack_weight_image,
-    plan_projection,
     unpack_results,
 )
 from rtl.isa import Status
 from rtl.params import scale_point
-from sim.backend import Job, MemoryImage
+from sim.backend import random_projection_job
 from sim.golden import ternary_matmul
 from sim.machine import Simulator
 
@@ -55,17 +52,6 @@ def machine() -> str:
             f"numpy {np.__version__}, {platform.system()} {platform.release()}")
 
 
-def projection_job(params, n, k, tokens, seed=0):
-    rng = np.random.default_rng(seed)
-    w = rng.integers(-1, 2, (n, k)).astype(np.int8)
-    x = rng.integers(-128, 128, (tokens, k)).astype(np.int8)
-    plan = plan_projection(params, n, k, tokens)
-    mem = MemoryImage(params.port_bytes)
-    mem.add(plan.w_base, pack_weight_image(plan, w))
-    mem.add(plan.x_base, pack_activation_image(plan, x))
-    return plan, Job(list(plan.program), mem), (x, w)
-
-
 def bench_shapes(tokens_list) -> list:
     """Decode bandwidth and prefill utilization at the default scale point, checked exact."""
     p = scale_point("default")
@@ -73,7 +59,7 @@ def bench_shapes(tokens_list) -> list:
     rows = []
     for name, (n, k) in SHAPES.items():
         for tokens in tokens_list:
-            plan, job, (x, w) = projection_job(p, n, k, tokens)
+            plan, job, (x, w) = random_projection_job(p, n, k, tokens)
             r = sim.run_one(job)
             y = unpack_results(plan, r.region(plan.y_base, plan.y_words))
             cyc = r.counters["CYCLES"]
@@ -147,7 +133,7 @@ def bench_vs_verilator() -> list:
             t0 = time.monotonic()
             built[point] = (VerilatorBackend(p), Simulator(p), time.monotonic() - t0)
         vb, sim, build_s = built[point]
-        _, job, _ = projection_job(p, n, k, tokens)
+        _, job, _ = random_projection_job(p, n, k, tokens)
         reps = 3
         t0 = time.monotonic()
         vres = vb.run([job] * reps)

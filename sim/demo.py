@@ -12,13 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from compiler.artifact import Artifact
 from compiler.lower import lower
 from compiler.synth import make_checkpoint
 
-from .run import make_backend, run_layer, summarize
+from .run import make_backend, run_artifact, summarize
 
 __all__ = ["DEMO_SHAPE", "main"]
 
@@ -49,17 +47,13 @@ def main(argv=None) -> int:
     summary = lower(model, artifact, args.target, progress=False)
     art = Artifact.load(artifact)
     be = make_backend("sim", art.params)
-    rng = np.random.default_rng(0)
 
     phases = {}
     steps = [("prefill", args.prompt_tokens)] + [(f"decode {i + 1}", 1)
                                                 for i in range(args.decode_steps)]
-    for phase, tokens in steps:
+    for i, (phase, tokens) in enumerate(steps):
         say(f"{phase}: {tokens} token(s) through {len(art.layers)} projections")
-        reports = []
-        for layer in art.layers:
-            x_q = rng.integers(-128, 128, (tokens, layer.k), dtype=np.int8)
-            reports.append(run_layer(art, layer, x_q, be, check=True)[1])
+        reports = run_artifact(art, tokens, be, seed=i, check=True)
         phases[phase] = summarize(reports, args.clock_mhz)
 
     exact = all(s["total"]["exact"] for s in phases.values())

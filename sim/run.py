@@ -102,10 +102,14 @@ def run_layer(art: Artifact, layer: LayerEntry, x_q: np.ndarray, backend,
     return y, rep
 
 
-def run_artifact(art: Artifact, tokens: int = 1, backend: str = "sim", seed: int = 0,
+def run_artifact(art: Artifact, tokens: int = 1, backend="sim", seed: int = 0,
                  check: bool = False, progress: bool = False) -> list:
-    """Run every projection with random activations; return its LayerReports."""
-    be = make_backend(backend, art.params)
+    """Run every projection with random activations; return its LayerReports.
+
+    `backend` is a name for `make_backend` or a backend already made (reused across calls,
+    so the simulator's decoded weights stay cached).
+    """
+    be = make_backend(backend, art.params) if isinstance(backend, str) else backend
     rng = np.random.default_rng(seed)
     reports = []
     t0 = time.monotonic()

@@ -8,14 +8,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compiler.tiling import (
-    pack_activation_image,
-    pack_weight_image,
-    plan_projection,
     unpack_results,
 )
 from rtl.isa import FORMATS, Buffer, ErrorCode, Halt, Load, MatMul, Opcode, Store, WeightEncoding
 from rtl.params import ArrayParams
-from sim.backend import Job, MemoryImage
+from sim.backend import Job, MemoryImage, projection_job
 from sim.golden import pack_trits, ternary_matmul
 
 __all__ = ["Case", "projection_case", "projection_cases", "special_cases", "fuzz_job",
@@ -50,12 +47,8 @@ class _ResultRegion:
 
 def projection_case(params: ArrayParams, name: str, w_t: np.ndarray, x_q: np.ndarray,
                     encoding=WeightEncoding.BASE3, **plan_args) -> Case:
-    n, k = w_t.shape
-    plan = plan_projection(params, n, k, x_q.shape[0], encoding, **plan_args)
-    mem = MemoryImage(params.port_bytes)
-    mem.add(plan.w_base, pack_weight_image(plan, w_t))
-    mem.add(plan.x_base, pack_activation_image(plan, x_q))
-    return Case(name, Job(list(plan.program), mem), plan, ternary_matmul(x_q, w_t))
+    plan, job = projection_job(params, w_t, x_q, encoding, **plan_args)
+    return Case(name, job, plan, ternary_matmul(x_q, w_t))
 
 
 def projection_cases(params: ArrayParams, seed: int, count: int) -> list:

@@ -7,14 +7,11 @@ import numpy as np
 import pytest
 
 from compiler.tiling import (
-    pack_activation_image,
-    pack_weight_image,
-    plan_projection,
     unpack_results,
 )
 from rtl.isa import Buffer, ErrorCode, Halt, Load, MatMul, Opcode, Status, Store, Unit
 from rtl.params import ArrayParams, MemTiming, scale_point
-from sim.backend import Job, MemoryImage
+from sim.backend import Job, MemoryImage, random_projection_job
 from sim.golden import ternary_matmul
 from sim.machine import Simulator
 
@@ -23,29 +20,22 @@ SMALL = ArrayParams(name="small", port_bytes=4, token_lanes=2, wbuf_rows=64, abu
 
 
 def projection(params, n, k, t, seed=0, **kw):
-    rng = np.random.default_rng(seed)
-    w = rng.integers(-1, 2, (n, k)).astype(np.int8)
-    projection.w = w
-    x = rng.integers(-128, 128, (t, k)).astype(np.int8)
-    plan = plan_projection(params, n, k, t, **kw)
-    mem = MemoryImage(params.port_bytes)
-    mem.add(plan.w_base, pack_weight_image(plan, w))
-    mem.add(plan.x_base, pack_activation_image(plan, x))
-    return plan, Job(list(plan.program), mem), ternary_matmul(x, w)
+    plan, job, (x, w) = random_projection_job(params, n, k, t, seed, **kw)
+    return plan, job, w, ternary_matmul(x, w)
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_results_equal_golden(seed):
     rng = np.random.default_rng(seed)
     n, k, t = (int(v) for v in rng.integers(1, 90, 3))
-    plan, job, want = projection(SMALL, n, k, t, seed)
+    plan, job, w, want = projection(SMALL, n, k, t, seed)
     r = Simulator(SMALL).run_one(job)
     assert r.status == Status.DONE, f"seed {seed}"
     got = unpack_results(plan, r.region(plan.y_base, plan.y_words))
     assert np.array_equal(got, want), f"seed {seed}: n={n} k={k} t={t}"
     # Every weight is used once per token: busy work and skipped zeros follow from W alone.
     assert r.counters["BUSY_LANE_CYCLES"] == t * n * k, f"seed {seed}"
-    assert r.counters["SKIPPED_ZERO"] == t * int((projection.w == 0).sum()), f"seed {seed}"
+    assert r.counters["SKIPPED_ZERO"] == t * int((w == 0).sum()), f"seed {seed}"
 
 
 def retire_cycles(result):
@@ -99,7 +89,7 @@ SHAPES_2B4T = [(2560, 2560), (640, 2560), (6912, 2560), (2560, 6912)]
 @pytest.mark.parametrize("n, k", SHAPES_2B4T)
 def test_prefill_keeps_lanes_busy_on_2b4t_shapes(n, k):
     p = scale_point("default")
-    plan, job, want = projection(p, n, k, 64)
+    plan, job, _, want = projection(p, n, k, 64)
     r = Simulator(p).run_one(job)
     util = r.counters["BUSY_LANE_CYCLES"] / (r.counters["CYCLES"] * p.lanes)
     assert util >= 0.95, f"{n}x{k}: lane utilization {util:.3f}"
@@ -109,7 +99,7 @@ def test_prefill_keeps_lanes_busy_on_2b4t_shapes(n, k):
 @pytest.mark.parametrize("n, k", [s for s in SHAPES_2B4T if s != (640, 2560)])
 def test_decode_is_port_bound_on_2b4t_shapes(n, k):
     p = scale_point("default")
-    plan, job, _ = projection(p, n, k, 1)
+    plan, job, _, _ = projection(p, n, k, 1)
     r = Simulator(p).run_one(job)
     bw = plan.weight_bytes / (r.counters["CYCLES"] * p.port_bytes)
     assert bw >= 0.95, f"{n}x{k}: weight bandwidth {bw:.3f} of the port's peak"
