@@ -132,7 +132,8 @@ class ArrayParams:
 
 
 SCALE_POINTS = {
-    # iCEBreaker (iCE40 UP5K): a 32-bit port, 20 rows x 2 tokens.
+    # Meant for the iCEBreaker (iCE40 UP5K): a 32-bit port, 20 rows x 2 tokens. It does not fit
+    # yet: the controller needs several times the UP5K's 5,280 cells (docs/results.md).
     "tiny": ArrayParams(name="tiny", port_bytes=4, token_lanes=2,
                         wbuf_rows=256, abuf_rows=128, acc_groups=4,
                         imem_depth=256),
