@@ -56,7 +56,7 @@ amdahl: $(STAMP)  ## the Amdahl ledger: sweeps, CSV/JSON and plots -> build/amda
 
 # Rerun one test with waveforms: make wave TEST='testbench/test_lockstep.py::test_errors_lockstep[tiny]'
 TEST ?= testbench/test_lockstep.py::test_special_values_lockstep[tiny]
-wave: $(STAMP)  ## rerun TEST='...' with FST waveforms under build/verilator/*/waves/
+wave: $(STAMP)  ## rerun TEST='...' with VCD waveforms under build/verilator/*/waves/
 	TB_WAVES=1 $(BIN)/python -m pytest -x '$(TEST)'
 
 clean:  ## remove build/
