@@ -23,7 +23,8 @@ from amaranth.lib import data, enum
 
 __all__ = [
     "INSTR_BITS", "Opcode", "Unit", "Buffer", "WeightEncoding", "Status", "ErrorCode",
-    "Counter", "Field", "FORMATS", "UNIT_OF", "Instr", "Load", "MatMul", "Store", "Halt",
+    "Counter", "Field", "FORMATS", "UNIT_OF", "OPCODE_OF_UNIT", "Instr", "Load", "MatMul",
+    "Store", "Halt",
     "INSTR_CLASSES", "decode", "instr_layout", "header_layout", "TRACE_FIELDS", "TraceRecord",
     "trace_layout", "TRITS_PER_BYTE", "TRIT_CODE_OFFSET", "BASE3_VALID_BYTES", "CODE2_INVALID",
     "COUNTER_BITS", "base3_decode_table", "markdown",
@@ -60,6 +61,8 @@ UNIT_OF = {
     Opcode.STORE: Unit.STORE,
     Opcode.HALT: Unit.DISPATCH,
 }
+#: The opcode each unit retires (the dispatcher retires only HALT).
+OPCODE_OF_UNIT = {u: op for op, u in UNIT_OF.items()}
 
 
 class Buffer(enum.IntEnum, shape=1):
@@ -309,8 +312,8 @@ def instr_layout(op: Opcode) -> data.FlexibleLayout:
     return _layout(FORMATS[op])
 
 
-def _layout(fields) -> data.FlexibleLayout:
-    return data.FlexibleLayout(INSTR_BITS, {
+def _layout(fields, bits: int = INSTR_BITS) -> data.FlexibleLayout:
+    return data.FlexibleLayout(bits, {
         f.name: data.Field(f.shape if f.shape is not None else unsigned(f.width), f.lsb)
         for f in fields})
 
@@ -358,13 +361,7 @@ class TraceRecord:
 
 
 def trace_layout() -> data.FlexibleLayout:
-    return _layout_bits(TRACE_FIELDS, TRACE_BITS)
-
-
-def _layout_bits(fields, bits) -> data.FlexibleLayout:
-    return data.FlexibleLayout(bits, {
-        f.name: data.Field(f.shape if f.shape is not None else unsigned(f.width), f.lsb)
-        for f in fields})
+    return _layout(TRACE_FIELDS, TRACE_BITS)
 
 
 # -- weight encodings ---------------------------------------------------------------------------

@@ -15,19 +15,14 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .compute import ComputeUnit
-from .isa import COUNTER_BITS, INSTR_BITS, Counter, ErrorCode, Opcode, Status, Unit
+from .isa import COUNTER_BITS, INSTR_BITS, Counter, ErrorCode, Status, Unit
 from .load import ADDR_BITS, LoadUnit
 from .params import SCALE_POINTS, ArrayParams, scale_point
 from .sequencer import PC_BITS, Dispatcher
 from .store import StoreUnit, write_layout
 
-__all__ = ["Accelerator", "OPCODE_OF_UNIT", "main"]
+__all__ = ["Accelerator", "main"]
 
-#: The opcode each unit retires (the dispatcher retires only HALT).
-OPCODE_OF_UNIT = {Unit.LOAD: Opcode.LOAD, Unit.COMPUTE: Opcode.MATMUL, Unit.STORE: Opcode.STORE,
-                  Unit.DISPATCH: Opcode.HALT}
-#: Width of the retire record's cycle field and of the cycle counter it is read from.
-CYCLE_BITS = 40
 
 
 class Accelerator(wiring.Component):

@@ -27,6 +27,7 @@ from collections import deque
 import numpy as np
 
 from rtl.isa import (
+    OPCODE_OF_UNIT,
     TRITS_PER_BYTE,
     Buffer,
     Counter,
@@ -454,7 +455,7 @@ class _Run:
             # Retirements and token updates.
             retiring = self.retires.pop(c, [])
             for unit, pc, _ in sorted(retiring, key=lambda r: r[0]):
-                self.trace.append(TraceRecord(c, int(unit), pc, int(_OPCODE_OF[unit])))
+                self.trace.append(TraceRecord(c, int(unit), pc, int(OPCODE_OF_UNIT[unit])))
             if halted:
                 self.trace.append(TraceRecord(c, int(Unit.DISPATCH), self.pc, int(Opcode.HALT)))
             pushed = dict.fromkeys(self.tokens, 0)
@@ -537,8 +538,6 @@ class _Run:
                          writes=writes, port_bytes=p.port_bytes, timeout=timeout)
 
 
-_OPCODE_OF = {Unit.LOAD: Opcode.LOAD, Unit.COMPUTE: Opcode.MATMUL, Unit.STORE: Opcode.STORE,
-              Unit.DISPATCH: Opcode.HALT}
 _UNIT_OF_CLASS = {Load: Unit.LOAD, MatMul: Unit.COMPUTE, Store: Unit.STORE, Halt: Unit.DISPATCH}
 
 

@@ -20,8 +20,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
-from rtl.isa import COUNTER_BITS, Counter, Status, TraceRecord, Unit
-from rtl.top import OPCODE_OF_UNIT
+from rtl.isa import COUNTER_BITS, OPCODE_OF_UNIT, Counter, Status, TraceRecord, Unit
 
 
 def _bits(handle) -> int:

@@ -8,9 +8,9 @@ from collections import deque
 
 from amaranth.sim import Simulator as AmaranthSimulator
 
-from rtl.isa import COUNTER_BITS, Counter, ErrorCode, Status, TraceRecord, Unit
+from rtl.isa import COUNTER_BITS, OPCODE_OF_UNIT, Counter, ErrorCode, Status, TraceRecord, Unit
 from rtl.params import ArrayParams
-from rtl.top import OPCODE_OF_UNIT, Accelerator
+from rtl.top import Accelerator
 from sim.backend import Job, RunResult
 
 __all__ = ["AmaranthBackend"]

@@ -3,7 +3,7 @@
 Every generator is seeded; the seed is part of each case's name.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,7 +29,6 @@ class Case:
     expected: np.ndarray | None = None
     error: ErrorCode = ErrorCode.NONE
     error_pc: int | None = None
-    extra: dict = field(default_factory=dict)
 
     def outputs(self, result) -> np.ndarray:
         return unpack_results(self.plan, result.region(self.plan.y_base, self.plan.y_words))
