@@ -147,7 +147,10 @@ def _schedule(plan: Plan, halt: bool) -> list:
     p = plan.params
     wslot = p.wbuf_rows // plan.slots
     aslot = p.abuf_rows // plan.slots
-    acc_slot = p.acc_groups // 2
+    # Two accumulator slots let STORE drain one tile while the lanes fill the next; a scale
+    # point with room for only one batch (tiny) serializes MATMULs and STOREs instead.
+    acc_slots = 2 if p.acc_groups >= 2 * _ceil(plan.token_batch, p.token_lanes) else 1
+    acc_slot = p.acc_groups // acc_slots
     gw = plan.x_group_words
     align_bytes = p.port_bytes // p.token_lanes
     batches = [(t0, min(plan.token_batch, plan.tokens - t0))
@@ -167,7 +170,7 @@ def _schedule(plan: Plan, halt: bool) -> list:
     for ti, (t0, tb, i) in enumerate(tiles):
         groups = _ceil(tb, p.token_lanes)
         n_rows = min(plan.rows_per_tile, plan.n - i * plan.rows_per_tile)
-        acc = (ti % 2) * acc_slot
+        acc = (ti % acc_slots) * acc_slot
         for j, (k0, kl) in enumerate(ktiles[ti]):
             slot = step % plan.slots
             reuse = int(step >= plan.slots)
@@ -190,12 +193,12 @@ def _schedule(plan: Plan, halt: bool) -> list:
                 accumulate=int(j > 0), wbuf=slot * wslot, abuf=abuf, acc=acc,
                 k_len=kl, tokens=tb, n_rows=n_rows, x_stride=x_stride,
                 pop_prev=1, push_prev=int(step + plan.slots < steps_total),
-                pop_next=int(j == 0 and ti >= 2), push_next=int(last_k)))
+                pop_next=int(j == 0 and ti >= acc_slots), push_next=int(last_k)))
             step += 1
         prog.append(Store(
             acc=acc, tokens=tb, words=_ceil(n_rows * OUT_BYTES, p.port_bytes),
             dram=plan.y_base + t0 * plan.y_row_words + i * plan.tile_out_words,
-            stride=plan.y_row_words, pop_prev=1, push_prev=int(ti + 2 < len(tiles))))
+            stride=plan.y_row_words, pop_prev=1, push_prev=int(ti + acc_slots < len(tiles))))
     if halt:
         prog.append(Halt())
     return prog

@@ -32,7 +32,7 @@ __all__ = [
 
 #: Width of one instruction word.
 INSTR_BITS = 128
-#: Width of each performance counter.
+#: Default width of each performance counter (`ArrayParams.counter_bits` may narrow it).
 COUNTER_BITS = 48
 
 
@@ -116,7 +116,8 @@ class ErrorCode(enum.IntEnum, shape=4):
 
 
 class Counter(enum.IntEnum, shape=4):
-    """Performance counters, each `COUNTER_BITS` wide, counted from start to DONE or ERROR."""
+    """Performance counters, `ArrayParams.counter_bits` wide (wrapping), counted from start to
+    DONE or ERROR."""
 
     CYCLES = 0              #: cycles from start to the cycle the run ended
     BUSY_LANE_CYCLES = 1    #: lane-cycles of useful work (row < n_rows, token < tokens)
@@ -408,7 +409,8 @@ def markdown() -> str:
             "| bits | field | meaning |", "|---|---|---|"]
     for f in TRACE_FIELDS:
         out.append(f"| [{f.lsb + f.width - 1}:{f.lsb}] | `{f.name}` | {f.doc} |")
-    out += ["", f"Counters are {COUNTER_BITS} bits wide.", ""]
+    out += ["", f"Counters are `ArrayParams.counter_bits` wide ({COUNTER_BITS} unless a scale "
+            "point narrows them) and wrap around.", ""]
     return "\n".join(out)
 
 

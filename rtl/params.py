@@ -7,7 +7,7 @@ depth is never written twice. Like `rtl.isa`, it never elaborates hardware.
 
 from dataclasses import dataclass, field
 
-from .isa import WeightEncoding
+from .isa import COUNTER_BITS, WeightEncoding
 
 __all__ = ["ArrayParams", "MemTiming", "SCALE_POINTS", "scale_point"]
 
@@ -56,6 +56,7 @@ class ArrayParams:
     loads_in_flight : LOADs taken by the LOAD unit and not yet retired (all responses back).
     imem_depth : instructions the program memory holds.
     encodings : weight encodings the decoder implements (`rtl.isa.WeightEncoding` values).
+    counter_bits : width of each performance counter; counters wrap around.
     mem : timing of the external memory port.
     """
 
@@ -71,6 +72,7 @@ class ArrayParams:
     loads_in_flight: int = 4
     imem_depth: int = 1024
     encodings: tuple = tuple(WeightEncoding)
+    counter_bits: int = COUNTER_BITS
     mem: MemTiming = field(default_factory=MemTiming)
 
     def __post_init__(self):
@@ -90,6 +92,7 @@ class ArrayParams:
             (self.token_depth >= 1, "token_depth must be >= 1"),
             (self.loads_in_flight >= 1, "loads_in_flight must be >= 1"),
             (self.imem_depth >= 2, "imem_depth must be >= 2"),
+            (16 <= self.counter_bits <= 64, "counter_bits must be in 16..64"),
             (len(self.encodings) >= 1 and set(self.encodings) <= set(WeightEncoding),
              "encodings must be a non-empty subset of rtl.isa.WeightEncoding"),
         ]
@@ -132,14 +135,16 @@ class ArrayParams:
 
 
 SCALE_POINTS = {
-    # Meant for the iCEBreaker (iCE40 UP5K): a 32-bit port, 20 rows x 2 tokens. It does not fit
-    # yet: the controller needs several times the UP5K's 5,280 cells (docs/results.md).
-    "tiny": ArrayParams(name="tiny", port_bytes=4, token_lanes=2,
-                        wbuf_rows=256, abuf_rows=128, acc_groups=4,
-                        imem_depth=256),
-    # ULX3S (ECP5-85F): a 256-bit port, 160 rows x 2 tokens = 320 lanes.
+    # The iCEBreaker (iCE40 UP5K, 5,280 logic cells): a 32-bit port, 20 rows x 1 token. Sized to
+    # fit with its chip top: every accumulator group is a row of flip-flops (too wide for block
+    # RAM), so there is one; queues of one instruction; 32-bit counters.
+    "tiny": ArrayParams(name="tiny", port_bytes=4, token_lanes=1,
+                        wbuf_rows=256, abuf_rows=256, acc_groups=1, queue_depth=1,
+                        loads_in_flight=2, imem_depth=256, counter_bits=32),
+    # ULX3S (ECP5-85F): a 256-bit port, 160 rows x 2 tokens = 320 lanes. Two accumulator groups
+    # (each 7,360 flip-flops) let STORE drain one while the lanes fill the other.
     "ecp5": ArrayParams(name="ecp5", port_bytes=32, token_lanes=2,
-                        wbuf_rows=1024, abuf_rows=512, acc_groups=16),
+                        wbuf_rows=1024, abuf_rows=512, acc_groups=2),
     # The reference design: a 1024-bit port (128 B/cycle), 640 rows x 2 tokens = 1280 lanes.
     # 640 rows divide the 2B4T projection heights 2560 and 640 and tile 6912 at 98%.
     "default": ArrayParams(name="default", port_bytes=128, token_lanes=2,
@@ -155,3 +160,4 @@ def scale_point(name: str) -> ArrayParams:
     except KeyError:
         raise ValueError(f"unknown scale point {name!r}; choose one of "
                          f"{', '.join(SCALE_POINTS)}") from None
+

@@ -15,7 +15,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .compute import ComputeUnit
-from .isa import COUNTER_BITS, INSTR_BITS, Counter, ErrorCode, Status, Unit
+from .isa import INSTR_BITS, Counter, ErrorCode, Status, Unit
 from .load import ADDR_BITS, LoadUnit
 from .params import SCALE_POINTS, ArrayParams, scale_point
 from .sequencer import PC_BITS, Dispatcher
@@ -42,7 +42,8 @@ class Accelerator(wiring.Component):
     error_pc : Out(PC_BITS)
     draining : Out(1)
         Read responses of an aborted run are still outstanding; `start` waits for them.
-    counters : Out(ArrayLayout(COUNTER_BITS, len(Counter)))
+    counters : Out(ArrayLayout(counter_bits, len(Counter)))
+        Wrap around at 2 ** counter_bits.
     retire_valid : Out(len(Unit))
         One bit per `Unit`: it retires an instruction this cycle.
     retire_pc : Out(ArrayLayout(PC_BITS, len(Unit)))
@@ -61,7 +62,7 @@ class Accelerator(wiring.Component):
             "imem_data": In(INSTR_BITS), "start": In(1),
             "status": Out(Status), "error": Out(ErrorCode), "error_pc": Out(PC_BITS),
             "draining": Out(1),
-            "counters": Out(data.ArrayLayout(COUNTER_BITS, len(Counter))),
+            "counters": Out(data.ArrayLayout(params.counter_bits, len(Counter))),
             "retire_valid": Out(len(Unit)),
             "retire_pc": Out(data.ArrayLayout(PC_BITS, len(Unit))),
             "rd_req": Out(stream.Signature(ADDR_BITS)),

@@ -531,10 +531,11 @@ class _Run:
                                                  if part else 0)
             ctr[Counter.BUSY_LANE_CYCLES] += busy
             ctr[Counter.SKIPPED_ZERO] += skipped
+        mask = (1 << p.counter_bits) - 1        # the counters wrap around
         trace = sorted(r for r in self.trace if r.cycle <= end)
         writes = [(a, v) for cyc, a, v in self.writes if cyc <= end]
         return RunResult(status=status, error=error, error_pc=error_pc,
-                         counters={c.name: int(v) for c, v in ctr.items()}, trace=trace,
+                         counters={c.name: int(v) & mask for c, v in ctr.items()}, trace=trace,
                          writes=writes, port_bytes=p.port_bytes, timeout=timeout)
 
 

@@ -1,7 +1,7 @@
 """cocotb: run programs on the whole accelerator against a modelled external memory.
 
-Input ($TB_JOB, JSON): {"port_bytes", "imem_depth", "jobs": [job, ...]}; each job has
-"program" (hex words), "memory" ({word address: hex word}), "mode" ("lockstep" or "random"),
+Input ($TB_JOB, JSON): {"port_bytes", "imem_depth", "counter_bits", "jobs": [job, ...]}; each
+job has "program" (hex words), "memory" ({word address: hex word}), "mode" ("lockstep" or "random"),
 "latency", "seed", "max_cycles". Output ($TB_RESULT): one result per job with status, error,
 error_pc, counters, trace records, the write log and read statistics.
 
@@ -20,7 +20,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
-from rtl.isa import COUNTER_BITS, OPCODE_OF_UNIT, Counter, Status, TraceRecord, Unit
+from rtl.isa import OPCODE_OF_UNIT, Counter, Status, TraceRecord, Unit
 
 
 def _bits(handle) -> int:
@@ -41,7 +41,7 @@ async def _reset(dut):
     dut.rst.value = 0
 
 
-async def run_job(dut, job, port_bytes):
+async def run_job(dut, job, port_bytes, counter_bits):
     mem = {int(a): int(v, 16) for a, v in job["memory"].items()}
     rng = random.Random(job.get("seed", 0))
     mode = job.get("mode", "lockstep")
@@ -134,11 +134,11 @@ async def run_job(dut, job, port_bytes):
     await FallingEdge(dut.clk)
 
     counters_raw = _bits(dut.counters)
-    mask = (1 << COUNTER_BITS) - 1
+    mask = (1 << counter_bits) - 1
     return {
         "status": int(status), "error": _bits(dut.error), "error_pc": _bits(dut.error_pc),
         "timeout": tick > max_cycles,
-        "counters": {c.name: (counters_raw >> (COUNTER_BITS * c)) & mask for c in Counter},
+        "counters": {c.name: (counters_raw >> (counter_bits * c)) & mask for c in Counter},
         "trace": trace, "writes": [(a, f"{d:x}") for a, d in writes],
         "reads": reads, "responses": responses, "draining": _bits(dut.draining),
     }
@@ -153,6 +153,6 @@ async def run_programs(dut):
     await _reset(dut)
     results = []
     for job in spec["jobs"]:
-        results.append(await run_job(dut, job, spec["port_bytes"]))
+        results.append(await run_job(dut, job, spec["port_bytes"], spec["counter_bits"]))
     with open(os.environ["TB_RESULT"], "w") as f:
         json.dump({"results": results}, f)

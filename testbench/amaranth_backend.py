@@ -8,7 +8,7 @@ from collections import deque
 
 from amaranth.sim import Simulator as AmaranthSimulator
 
-from rtl.isa import COUNTER_BITS, OPCODE_OF_UNIT, Counter, ErrorCode, Status, TraceRecord, Unit
+from rtl.isa import OPCODE_OF_UNIT, Counter, ErrorCode, Status, TraceRecord, Unit
 from rtl.params import ArrayParams
 from rtl.top import Accelerator
 from sim.backend import Job, RunResult
@@ -102,7 +102,7 @@ class AmaranthBackend:
         await ctx.tick()
         ctx.set(dut.rd_resp.valid, 0)
         await ctx.tick()
-        counters = {c.name: int(ctx.get(dut.counters[c])) & ((1 << COUNTER_BITS) - 1)
+        counters = {c.name: int(ctx.get(dut.counters[c])) & ((1 << p.counter_bits) - 1)
                     for c in Counter}
         return RunResult(status=status, error=ErrorCode(ctx.get(dut.error)),
                          error_pc=int(ctx.get(dut.error_pc)), counters=counters, trace=trace,

@@ -30,7 +30,8 @@ class VerilatorBackend:
             if len(job.program) > p.imem_depth:
                 raise ValueError(f"program of {len(job.program)} instructions exceeds program "
                                  f"memory ({p.imem_depth})")
-        payload = {"port_bytes": p.port_bytes, "imem_depth": p.imem_depth, "jobs": [
+        payload = {"port_bytes": p.port_bytes, "imem_depth": p.imem_depth,
+                   "counter_bits": p.counter_bits, "jobs": [
             {"program": [f"{w:x}" for w in job.words()],
              "memory": {str(a): f"{v:x}" for a, v in job.memory.word_dict().items()},
              "mode": job.mode, "seed": job.seed, "latency": p.mem.read_latency,

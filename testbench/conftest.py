@@ -11,13 +11,14 @@ import pytest
 
 from rtl.params import ArrayParams, MemTiming, scale_point
 
-#: Whole-accelerator configurations under test: the `tiny` scale point, and a second shape
-#: with one token lane, a wider port and minimal queues to stress back-pressure inside.
+#: Whole-accelerator configurations under test: the `tiny` scale point (one token lane, one
+#: accumulator group, queues of one), and a second shape with two token lanes, several groups,
+#: a wider port, a short latency and small queues to stress back-pressure inside.
 CONFIGS = {
     "tiny": scale_point("tiny"),
-    "narrow": ArrayParams(name="narrow", port_bytes=8, token_lanes=1, wbuf_rows=96,
+    "lanes2": ArrayParams(name="lanes2", port_bytes=8, token_lanes=2, wbuf_rows=96,
                           abuf_rows=64, acc_groups=6, queue_depth=2, token_depth=4,
-                          loads_in_flight=2, imem_depth=512, max_k=4096,
+                          loads_in_flight=3, imem_depth=512, max_k=4096, counter_bits=40,
                           mem=MemTiming(read_latency=3)),
 }
 

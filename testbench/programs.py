@@ -181,11 +181,16 @@ def error_cases(params: ArrayParams) -> list:
          ErrorCode.BAD_ADDRESS, 0)
     case("matmul-past-wbuf", [MatMul(wbuf=p.wbuf_rows - 1, k_len=2, tokens=1, n_rows=1), Halt()],
          ErrorCode.BAD_ADDRESS, 0)
-    case("matmul-group-past-abuf",
-         [MatMul(abuf=p.abuf_rows - 1, k_len=1, tokens=p.token_lanes + 1, n_rows=1,
-                 x_stride=1), Halt()], ErrorCode.BAD_ADDRESS, 0)
-    case("store-past-acc", [Store(acc=p.acc_groups - 1, tokens=p.token_lanes + 1, words=1),
-                            Halt()], ErrorCode.BAD_ADDRESS, 0)
+    if p.max_tokens > p.token_lanes:     # a second group exists to run past the end
+        case("matmul-group-past-abuf",
+             [MatMul(abuf=p.abuf_rows - 1, k_len=1, tokens=p.token_lanes + 1, n_rows=1,
+                     x_stride=1), Halt()], ErrorCode.BAD_ADDRESS, 0)
+        case("store-past-acc", [Store(acc=p.acc_groups - 1, tokens=p.token_lanes + 1, words=1),
+                                Halt()], ErrorCode.BAD_ADDRESS, 0)
+    case("matmul-past-acc", [MatMul(acc=p.acc_groups, k_len=1, tokens=1, n_rows=1), Halt()],
+         ErrorCode.BAD_ADDRESS, 0)
+    case("store-past-acc-start", [Store(acc=p.acc_groups, tokens=1, words=1), Halt()],
+         ErrorCode.BAD_ADDRESS, 0)
     bad = MemoryImage(p.port_bytes)
     for b in (243, 255):
         word = np.zeros((4, p.port_bytes), np.uint8)
