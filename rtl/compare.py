@@ -21,7 +21,8 @@ from amaranth.lib.wiring import In, Out
 from .lane import TernaryLane
 from .params import ACT_BITS, ArrayParams
 
-__all__ = ["KINDS", "Int8MacLane", "LaneArray", "SerialHarness", "mac_acc_bits"]
+__all__ = ["KINDS", "Int8MacLane", "LaneArray", "SerialHarness", "int8_array", "mac_acc_bits",
+           "ternary_array"]
 
 #: Lane kinds of the comparison.
 KINDS = ("ternary", "int8")
@@ -113,28 +114,39 @@ class LaneArray(wiring.Component):
 
 
 class SerialHarness(wiring.Component):
-    """A `LaneArray` behind three pins, for FPGA builds of the comparison.
+    """A `LaneArray` behind two pins, for FPGA builds of the comparison.
 
-    Weights, activations and the step/first controls are the taps of a shift chain that `si`
-    feeds one bit per cycle; `so` is the registered XOR of every accumulator bit, so synthesis
-    can drop no lane. The chain adds the same flip-flops to both kinds (weights are wider for
-    int8: the report counts the array itself from the hierarchy).
+    Weights, activations and the step/first controls are the taps of a shift chain that
+    `uart_rx` feeds one bit per cycle; `uart_tx` is the registered XOR of every accumulator bit,
+    so synthesis can drop no lane. (The pins are the board's UART pins, so `rtl.fpga` places
+    it like the chip; there is no UART.) The chain adds one flip-flop per weight and
+    activation bit to both kinds.
     """
 
     def __init__(self, params: ArrayParams, kind: str):
         self.array = LaneArray(params, kind)
-        super().__init__({"si": In(1), "so": Out(1)})
+        super().__init__({"uart_rx": In(1), "uart_tx": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.array = arr = self.array
         width = len(arr.w) + len(arr.x) + 2
         chain = Signal(width)
-        m.d.sync += chain.eq(Cat(self.si, chain[:-1]))
+        m.d.sync += chain.eq(Cat(self.uart_rx, chain[:-1]))
         m.d.comb += [arr.w.eq(chain[:len(arr.w)]),
                      arr.x.eq(chain[len(arr.w):len(arr.w) + len(arr.x)]),
                      arr.step.eq(chain[-2]), arr.first.eq(chain[-1])]
         fold = Signal()
         m.d.comb += fold.eq(arr.acc.xor())
-        m.d.sync += self.so.eq(fold)
+        m.d.sync += self.uart_tx.eq(fold)
         return m
+
+
+def ternary_array(chip) -> SerialHarness:
+    """`rtl.fpga --top rtl.compare:ternary_array`: the chip's array with ternary lanes."""
+    return SerialHarness(chip.array, "ternary")
+
+
+def int8_array(chip) -> SerialHarness:
+    """`rtl.fpga --top rtl.compare:int8_array`: the chip's array with int8 multiply-add lanes."""
+    return SerialHarness(chip.array, "int8")

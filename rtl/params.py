@@ -161,3 +161,96 @@ def scale_point(name: str) -> ArrayParams:
         raise ValueError(f"unknown scale point {name!r}; choose one of "
                          f"{', '.join(SCALE_POINTS)}") from None
 
+
+# -- chips: a scale point on a board, with its on-chip memory and host link (rtl/chip.py) ------
+
+__all__ += ["ChipParams", "CHIPS", "chip_params", "sim_chip"]
+
+
+@dataclass(frozen=True)
+class ChipParams:
+    """Size a whole chip: the accelerator, the memory it serves and the UART host link.
+
+    Parameters
+    ----------
+    name : board name, for reports.
+    array : the accelerator's scale point.
+    mem_words : on-chip memory in words of `array.port_bytes`. A power of two; the
+        accelerator's word addresses wrap at it.
+    clk_hz : frequency of the `sync` clock the board wrapper provides.
+    baud : UART bit rate (8N1).
+    link_buffer_bytes : data bytes one link frame carries at most; a write frame is buffered
+        whole before it is committed. A power of two, a multiple of the memory word and of an
+        instruction.
+    link_timeout_bits : bit times of silence that end a frame early (the engine then replies
+        TIMEOUT) or end a bad frame being discarded.
+    """
+
+    name: str
+    array: ArrayParams
+    mem_words: int
+    clk_hz: int
+    baud: int
+    link_buffer_bytes: int = 256
+    link_timeout_bits: int = 10_000
+
+    def __post_init__(self):
+        from .isa import INSTR_BITS
+
+        def pow2(v):
+            return v > 0 and v & (v - 1) == 0
+
+        unit = max(self.array.port_bytes, INSTR_BITS // 8)
+        checks = [
+            (pow2(self.mem_words) and self.mem_words >= 2, "mem_words must be a power of 2 >= 2"),
+            (self.clk_hz > 0 and self.baud > 0, "clk_hz and baud must be > 0"),
+            (self.clk_hz >= 4 * self.baud, "the UART needs at least 4 clock cycles per bit"),
+            (abs(self.clk_hz / max(self.uart_divisor, 1) - self.baud) <= 0.02 * self.baud,
+             "clk_hz / baud is more than 2% from a whole number of cycles per bit"),
+            (pow2(self.link_buffer_bytes) and self.link_buffer_bytes % unit == 0
+             and self.link_buffer_bytes <= 4096,
+             f"link_buffer_bytes must be a power of 2, a multiple of {unit}, at most 4096"),
+            (self.link_timeout_bits >= 32, "link_timeout_bits must be >= 32"),
+        ]
+        for ok, why in checks:
+            if not ok:
+                raise ValueError(f"ChipParams {self.name!r}: {why}")
+
+    @property
+    def uart_divisor(self) -> int:
+        """Clock cycles per UART bit."""
+        return (2 * self.clk_hz + self.baud) // (2 * self.baud)
+
+    @property
+    def link_timeout_cycles(self) -> int:
+        return self.link_timeout_bits * self.uart_divisor
+
+    @property
+    def mem_bytes(self) -> int:
+        return self.mem_words * self.array.port_bytes
+
+
+CHIPS = {
+    # iCEBreaker: iCE40 UP5K, its four SPRAMs (128 KB) as the memory, 12 MHz crystal -> PLL.
+    "icebreaker": ChipParams(name="icebreaker", array=SCALE_POINTS["tiny"], mem_words=32768,
+                             clk_hz=48_000_000, baud=1_000_000),
+    # ULX3S: ECP5-85F, 128 KB of block RAM beside the accelerator's own buffers.
+    "ulx3s": ChipParams(name="ulx3s", array=SCALE_POINTS["ecp5"], mem_words=4096,
+                        clk_hz=150_000_000, baud=1_000_000),
+}
+
+
+def chip_params(name: str) -> ChipParams:
+    """Return the named chip, or raise a ValueError that lists the valid names."""
+    try:
+        return CHIPS[name]
+    except KeyError:
+        raise ValueError(f"unknown chip {name!r}; choose one of {', '.join(CHIPS)}") from None
+
+
+def sim_chip(chip: ChipParams, divisor: int = 4, timeout_bits: int = 64) -> ChipParams:
+    """The same chip with a fast UART (`divisor` cycles per bit) and a short frame timeout,
+    for simulation: every other parameter, and so the logic, is the board's."""
+    return ChipParams(name=f"{chip.name}-sim", array=chip.array, mem_words=chip.mem_words,
+                      clk_hz=chip.baud * divisor, baud=chip.baud,
+                      link_buffer_bytes=chip.link_buffer_bytes, link_timeout_bits=timeout_bits)

@@ -1,0 +1,208 @@
+"""The chip: the accelerator, the memory it runs against, and the UART host link.
+
+A board wrapper (rtl/fpga.py) provides the `sync` clock domain and connects `uart_rx` and
+`uart_tx` to the board's UART; `Chip` itself instantiates no pins.
+
+Run ``python -m rtl.chip --verilog DIR [CHIP ...]`` to write Verilog for the chips of
+`rtl.params.CHIPS` (the simulation memory; the iCE40 SPRAM variant needs the iCE40 platform).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from amaranth.back import verilog
+from amaranth.hdl import ClockSignal, Instance, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.vendor import LatticeICE40Platform
+
+from .hostlink import HostLink
+from .isa import Status
+from .params import CHIPS, ChipParams, chip_params
+from .top import Accelerator
+from .uart import UARTReceiver, UARTTransmitter
+
+__all__ = ["Chip", "ChipMemory", "MEM_READ_LATENCY", "main"]
+
+#: Cycles from an accepted read to its data: both memories register the address.
+MEM_READ_LATENCY = 1
+#: iCE40 SPRAM: SB_SPRAM256KA, 16K words of 16 bits.
+SPRAM_DEPTH = 16384
+SPRAM_WIDTH = 16
+SPRAM_COUNT = 4     # on an iCE40 UP5K
+
+
+def uses_spram(platform, words: int, width: int) -> bool:
+    """Whether the memory maps onto iCE40 UP SPRAMs on `platform`."""
+    if not isinstance(platform, LatticeICE40Platform) or \
+            not platform.device.startswith("iCE40UP"):
+        return False
+    banks = -(-words // SPRAM_DEPTH)
+    return width % SPRAM_WIDTH == 0 and banks * (width // SPRAM_WIDTH) <= SPRAM_COUNT
+
+
+class ChipMemory(wiring.Component):
+    """Single-port memory of `words` x `width` bits; a read's data appears the next cycle.
+
+    On an iCE40 UP platform it is built from SPRAMs, elsewhere from an Amaranth `Memory`
+    (block RAM, or simulation). Both behave identically cycle for cycle: `rdata` is the word
+    at the address of a read (`en` without `we`) in the cycle after it, and is undefined after
+    a cycle without one. A write (`en` and `we`) stores `wdata`. Contents after power-up are
+    undefined on SPRAM (zero in simulation).
+
+    Members
+    -------
+    addr : In(range(words))
+    wdata : In(width)
+    en, we : In(1)
+    rdata : Out(width)
+    """
+
+    def __init__(self, words: int, width: int):
+        self.words = words
+        self.width = width
+        super().__init__({"addr": In(range(words)), "wdata": In(width), "en": In(1),
+                          "we": In(1), "rdata": Out(width)})
+
+    def elaborate(self, platform):
+        m = Module()
+        if uses_spram(platform, self.words, self.width):
+            abits = SPRAM_DEPTH.bit_length() - 1
+            banks = -(-self.words // SPRAM_DEPTH)
+            bank = self.addr[abits:]
+            bank_r = Signal.like(bank)
+            m.d.sync += bank_r.eq(bank)
+            outs = []
+            for b in range(banks):
+                out = Signal(self.width, name=f"bank{b}_data")
+                outs.append(out)
+                for s in range(self.width // SPRAM_WIDTH):
+                    sl = slice(SPRAM_WIDTH * s, SPRAM_WIDTH * (s + 1))
+                    m.submodules[f"spram_{b}_{s}"] = Instance(
+                        "SB_SPRAM256KA",
+                        i_ADDRESS=self.addr[:abits], i_DATAIN=self.wdata[sl],
+                        i_MASKWREN=0b1111, i_WREN=self.we,
+                        i_CHIPSELECT=self.en & (bank == b) if banks > 1 else self.en,
+                        i_CLOCK=ClockSignal("sync"), i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1,
+                        o_DATAOUT=out[sl])
+            rdata = outs[0]
+            for b in range(1, banks):
+                rdata = Mux(bank_r == b, outs[b], rdata)
+            m.d.comb += self.rdata.eq(rdata)
+        else:
+            m.submodules.mem = mem = Memory(shape=self.width, depth=self.words, init=[])
+            wp = mem.write_port()
+            rp = mem.read_port()
+            m.d.comb += [wp.addr.eq(self.addr), wp.data.eq(self.wdata),
+                         wp.en.eq(self.en & self.we), rp.addr.eq(self.addr),
+                         rp.en.eq(self.en & ~self.we), self.rdata.eq(rp.data)]
+        return m
+
+
+class Chip(wiring.Component):
+    """Run the accelerator on on-chip memory, driven by a host over a UART.
+
+    The memory has one port. While the accelerator runs it owns the port (writes first, then
+    reads: `rd_req.ready` drops while a write is offered), and responses come back
+    `MEM_READ_LATENCY` cycles after the request, in order. The host link reaches memory and
+    program memory only while the accelerator is neither running nor draining, so the two
+    never meet. Accelerator addresses wrap at `mem_words`.
+
+    Everything resets to a quiet state: the UART line idles high, the receiver ignores the
+    line until it has seen it high, the accelerator is IDLE.
+
+    Parameters
+    ----------
+    chip : ChipParams
+
+    Members
+    -------
+    uart_rx : In(1)
+    uart_tx : Out(1)
+    running, done, failed : Out(1)
+        Status lights: the accelerator is running; its last run ended DONE; or ERROR.
+    """
+
+    uart_rx: In(1)
+    uart_tx: Out(1)
+    running: Out(1)
+    done: Out(1)
+    failed: Out(1)
+
+    def __init__(self, chip: ChipParams):
+        self.chip = chip
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        chip = self.chip
+        a = chip.array
+        m.submodules.accel = acc = Accelerator(a)
+        m.submodules.uart_rx = rx = UARTReceiver(chip.uart_divisor)
+        m.submodules.uart_tx = tx = UARTTransmitter(chip.uart_divisor)
+        m.submodules.link = link = HostLink(chip)
+        m.submodules.mem = mem = ChipMemory(chip.mem_words, a.port_bits)
+
+        m.d.comb += [rx.rx.eq(self.uart_rx), self.uart_tx.eq(tx.tx)]
+        wiring.connect(m, rx.stream, link.rx)
+        wiring.connect(m, link.tx, tx.stream)
+        m.d.comb += [
+            acc.imem_we.eq(link.imem_we), acc.imem_addr.eq(link.imem_addr),
+            acc.imem_data.eq(link.imem_data), acc.start.eq(link.start),
+            link.status.eq(acc.status), link.error.eq(acc.error),
+            link.error_pc.eq(acc.error_pc), link.draining.eq(acc.draining),
+            link.counters.eq(acc.counters),
+            self.running.eq(acc.status == Status.RUNNING),
+            self.done.eq(acc.status == Status.DONE),
+            self.failed.eq(acc.status == Status.ERROR),
+        ]
+
+        abits = (chip.mem_words - 1).bit_length()
+        acc_wr = acc.wr_req.valid
+        acc_rd = acc.rd_req.valid & ~acc_wr
+        m.d.comb += [acc.wr_req.ready.eq(1), acc.rd_req.ready.eq(~acc_wr)]
+        with m.If(acc_wr):
+            m.d.comb += [mem.addr.eq(acc.wr_req.payload.addr[:abits]),
+                         mem.wdata.eq(acc.wr_req.payload.data), mem.we.eq(1), mem.en.eq(1)]
+        with m.Elif(acc_rd):
+            m.d.comb += [mem.addr.eq(acc.rd_req.payload[:abits]), mem.en.eq(1)]
+        with m.Else():
+            m.d.comb += [mem.addr.eq(link.mem_addr), mem.wdata.eq(link.mem_wdata),
+                         mem.we.eq(link.mem_we), mem.en.eq(link.mem_we | link.mem_re)]
+        assert MEM_READ_LATENCY == 1
+        m.d.sync += acc.rd_resp.valid.eq(acc_rd)
+        m.d.comb += [acc.rd_resp.payload.eq(mem.rdata), link.mem_rdata.eq(mem.rdata)]
+        return m
+
+
+def write_verilog(chip: ChipParams, path: Path) -> Path:
+    """Write the chip as Verilog (top module `ternary_chip`), with the simulation memory."""
+    text = verilog.convert(Chip(chip), name="ternary_chip", strip_internal_attrs=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rtl.chip", description=__doc__.split("\n")[0])
+    ap.add_argument("--verilog", metavar="DIR", type=Path, required=True,
+                    help="write DIR/<chip>.v")
+    ap.add_argument("chips", nargs="*", default=list(CHIPS),
+                    help=f"chips (default: all of {', '.join(CHIPS)})")
+    args = ap.parse_args(argv)
+    try:
+        chips = [chip_params(n) for n in args.chips]
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for c in chips:
+        out = write_verilog(c, args.verilog / f"{c.name}.v")
+        print(f"{c.name}: {c.array.name} accelerator, {c.mem_words} x {c.array.port_bits}-bit "
+              f"memory, UART {c.baud} baud (divisor {c.uart_divisor}) -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,346 @@
+"""The host link engine: frames from the UART in, memory/program/control actions, replies out.
+
+The protocol is `rtl.protocol` (docs/protocol.md). The engine handles one frame at a time:
+it receives a whole frame, checks it, acts on it and replies, then waits for the next SYNC.
+Bytes that arrive while it checks, acts or replies are dropped; the host waits for each reply.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .isa import COUNTER_BITS, INSTR_BITS, Counter, ErrorCode, Status
+from .params import ChipParams
+from .protocol import (
+    ADDR_BYTES,
+    COUNT_BYTES,
+    CRC_INIT,
+    CRC_POLY,
+    IDENT_FIELDS,
+    INSTR_BYTES,
+    STATUS_FIELDS,
+    SYNC,
+    Command,
+    LinkError,
+    Reply,
+    identity,
+    pack_fields,
+)
+from .sequencer import PC_BITS
+from .uart import rx_layout
+
+__all__ = ["HostLink", "crc16_step"]
+
+
+def crc16_step(crc, byte):
+    """The CRC after one more byte, as logic: eight unrolled MSB-first steps (XORs only)."""
+    for i in range(8):
+        fb = crc[15] ^ byte[7 - i]
+        crc = Cat(Const(0, 1), crc[:15]) ^ Mux(fb, CRC_POLY, 0)
+    return crc
+
+
+def _log2(v: int) -> int:
+    assert v > 0 and v & (v - 1) == 0
+    return v.bit_length() - 1
+
+
+class HostLink(wiring.Component):
+    """Serve the host link protocol between a UART and the accelerator's memory and controls.
+
+    A write frame is buffered whole (`link_buffer_bytes`) and committed only after its CRC and
+    every check passed, so a refused frame changes nothing. A frame that stops arriving, or a
+    bad header whose length cannot be trusted, is ended by `link_timeout_bits` bit times of
+    silence, then answered with an ERROR reply.
+
+    Parameters
+    ----------
+    chip : ChipParams
+
+    Members
+    -------
+    rx : In(stream.Signature(rx_layout))
+        Bytes from the UART receiver (always accepted).
+    tx : Out(stream.Signature(8))
+        Bytes to the UART transmitter.
+    mem_addr, mem_wdata, mem_we, mem_re : Out
+        One access to the memory per strobe; `mem_rdata` holds a read's word the cycle after.
+    mem_rdata : In(port_bits)
+    imem_we, imem_addr, imem_data, start : Out
+        The accelerator's program port and start pulse.
+    status, error, error_pc, draining, counters : In
+        The accelerator's state, reported by STATUS.
+    """
+
+    def __init__(self, chip: ChipParams):
+        self.chip = chip
+        a = chip.array
+        super().__init__({
+            "rx": In(stream.Signature(rx_layout)),
+            "tx": Out(stream.Signature(8)),
+            "mem_addr": Out(range(chip.mem_words)), "mem_wdata": Out(a.port_bits),
+            "mem_we": Out(1), "mem_re": Out(1), "mem_rdata": In(a.port_bits),
+            "imem_we": Out(1), "imem_addr": Out(range(a.imem_depth)),
+            "imem_data": Out(INSTR_BITS), "start": Out(1),
+            "status": In(Status), "error": In(ErrorCode), "error_pc": In(PC_BITS),
+            "draining": In(1),
+            "counters": In(data.ArrayLayout(COUNTER_BITS, len(Counter))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        chip = self.chip
+        a = chip.array
+        P = a.port_bytes
+        buf_bytes = chip.link_buffer_bytes
+        width = max(a.port_bits, INSTR_BITS)   # the word/instruction assembly register
+
+        # -- tables from rtl.protocol ----------------------------------------------------------
+        ident = pack_fields(IDENT_FIELDS, identity(chip))
+        stat_sources = {"status": self.status, "error": self.error, "error_pc": self.error_pc,
+                        "draining": self.draining}
+        status_bytes = []
+        for name, n in STATUS_FIELDS:
+            if name in stat_sources:
+                src = Value.cast(stat_sources[name])
+            else:
+                src = self.counters[Counter[name.upper()]]
+            wide = Cat(src, Const(0, 8 * n))
+            status_bytes += [wide[8 * i:8 * i + 8] for i in range(n)]
+        assert len(ident) < 256 and len(status_bytes) < 256
+        max_units_read = buf_bytes // P
+
+        # -- state -----------------------------------------------------------------------------
+        code = Signal(8)            # command byte received
+        length = Signal(16)         # its LEN
+        count = Signal(16)          # payload bytes received, then reply payload bytes sent
+        hdr = Signal(8 * (ADDR_BYTES + COUNT_BYTES))
+        addr = Signal(8 * ADDR_BYTES)
+        units = Signal(16)          # words or instructions a write frame carries
+        err = Signal(LinkError)
+        rcode = Signal(8)
+        rlen = Signal(16)
+        crc = Signal(16)
+        timer = Signal(range(chip.link_timeout_cycles + 1))
+        ptr = Signal(range(buf_bytes + 1))
+        shreg = Signal(width)
+        busy = Signal()
+        m.d.comb += busy.eq((self.status == Status.RUNNING) | self.draining)
+
+        m.submodules.buffer = buffer = Memory(shape=8, depth=buf_bytes, init=[])
+        buf_w = buffer.write_port()
+        buf_r = buffer.read_port()
+
+        byte = self.rx.payload.data
+        got = self.rx.valid
+        bad_byte = self.rx.payload.frame_error
+        m.d.comb += self.rx.ready.eq(1)
+
+        # The CRC is shared: it advances over received bytes, or over sent ones.
+        crc_in = Signal(8)
+        crc_en = Signal()
+        with m.If(crc_en):
+            m.d.sync += crc.eq(crc16_step(crc, crc_in))
+
+        # Silence timer: reloaded by every received byte, expires inside a frame.
+        with m.If(got):
+            m.d.sync += timer.eq(chip.link_timeout_cycles)
+        with m.Elif(timer != 0):
+            m.d.sync += timer.eq(timer - 1)
+        expired = ~got & (timer == 0)
+
+        def fail(reason):
+            m.d.sync += err.eq(reason)
+            m.next = "DISCARD"
+
+        def reply(rc, n):
+            m.d.sync += [rcode.eq(rc), rlen.eq(n)]
+            m.next = "TX_SYNC"
+
+        def reply_error(reason):
+            m.d.sync += err.eq(reason)
+            reply(Reply.ERROR, 2)
+
+        # -- frame checks ----------------------------------------------------------------------
+        new_len = Cat(length[:8], byte)
+        data_len = Signal(16)
+        m.d.comb += data_len.eq(new_len - ADDR_BYTES)
+        has_data = (new_len > ADDR_BYTES) & (data_len <= buf_bytes)
+        len_ok = Signal()
+        known = Signal()
+        with m.Switch(code):
+            for cmd in (Command.PING, Command.START, Command.STATUS):
+                with m.Case(cmd):
+                    m.d.comb += [known.eq(1), len_ok.eq(new_len == 0)]
+            with m.Case(Command.READ_MEM):
+                m.d.comb += [known.eq(1), len_ok.eq(new_len == ADDR_BYTES + COUNT_BYTES)]
+            with m.Case(Command.WRITE_MEM):
+                m.d.comb += [known.eq(1),
+                             len_ok.eq(has_data & (data_len[:_log2(P)] == 0))]
+            with m.Case(Command.WRITE_IMEM):
+                m.d.comb += [known.eq(1),
+                             len_ok.eq(has_data & (data_len[:_log2(INSTR_BYTES)] == 0))]
+
+        is_read = code == Command.READ_MEM
+        is_imem = code == Command.WRITE_IMEM
+        read_units = hdr[8 * ADDR_BYTES:]
+        access_units = Mux(is_read, read_units, units)
+        limit = Mux(is_imem, a.imem_depth, chip.mem_words)
+        end = Signal(8 * ADDR_BYTES + 1)
+        m.d.comb += end.eq(hdr[:8 * ADDR_BYTES] + access_units)
+        range_ok = end <= limit
+        data_bytes = length - ADDR_BYTES
+        unit_end = Mux(is_imem, ptr[:_log2(INSTR_BYTES)] == INSTR_BYTES - 1,
+                       ptr[:_log2(P)] == P - 1)
+
+        m.d.comb += [self.mem_addr.eq(addr), self.mem_wdata.eq(shreg[width - a.port_bits:]),
+                     self.imem_addr.eq(addr), self.imem_data.eq(shreg[width - INSTR_BITS:]),
+                     buf_r.addr.eq(ptr), buf_w.data.eq(byte)]
+
+        with m.FSM():
+            with m.State("IDLE"), m.If(got & ~bad_byte & (byte == SYNC)):
+                m.d.sync += [crc.eq(CRC_INIT), err.eq(LinkError.NONE), code.eq(0),
+                             count.eq(0)]
+                m.next = "CMD"
+
+            def receive(field_bytes=True):
+                """Common to states that take frame bytes: framing errors and timeouts."""
+                with m.If(got & bad_byte):
+                    fail(LinkError.FRAMING)
+                with m.Elif(expired):
+                    reply_error(LinkError.TIMEOUT)
+                m.d.comb += [crc_in.eq(byte), crc_en.eq(got & ~bad_byte)]
+                return got & ~bad_byte
+
+            with m.State("CMD"), m.If(receive()):
+                m.d.sync += code.eq(byte)
+                m.next = "LEN0"
+            with m.State("LEN0"), m.If(receive()):
+                m.d.sync += length[:8].eq(byte)
+                m.next = "LEN1"
+            with m.State("LEN1"), m.If(receive()):
+                m.d.sync += [length[8:].eq(byte),
+                             units.eq(Mux(is_imem, data_len >> _log2(INSTR_BYTES),
+                                          data_len >> _log2(P)))]
+                with m.If(~known):
+                    fail(LinkError.BAD_COMMAND)
+                with m.Elif(~len_ok):
+                    fail(LinkError.BAD_LENGTH)
+                with m.Elif(new_len == 0):
+                    m.next = "CRC0"
+                with m.Else():
+                    m.next = "PAYLOAD"
+            with m.State("PAYLOAD"), m.If(receive()):
+                m.d.sync += count.eq(count + 1)
+                for i in range(ADDR_BYTES + COUNT_BYTES):
+                    with m.If(count == i):
+                        m.d.sync += hdr[8 * i:8 * i + 8].eq(byte)
+                m.d.comb += [buf_w.addr.eq(count - ADDR_BYTES),
+                             buf_w.en.eq(count >= ADDR_BYTES)]
+                with m.If(count == length - 1):
+                    m.next = "CRC0"
+            with m.State("CRC0"), m.If(receive()):
+                m.next = "CRC1"
+            with m.State("CRC1"), m.If(receive()):
+                m.next = "CHECK"
+            # Bad header: LEN cannot be trusted, so wait for the line to go quiet.
+            with m.State("DISCARD"), m.If(expired):
+                reply(Reply.ERROR, 2)
+
+            with m.State("CHECK"):
+                m.d.sync += [addr.eq(hdr[:8 * ADDR_BYTES]), ptr.eq(0)]
+                with m.If(crc != 0):
+                    reply_error(LinkError.BAD_CRC)
+                with m.Elif(code == Command.PING):
+                    reply(Reply.PING, len(ident))
+                with m.Elif(code == Command.STATUS):
+                    reply(Reply.STATUS, len(status_bytes))
+                with m.Elif(busy):
+                    reply_error(LinkError.BUSY)
+                with m.Elif(code == Command.START):
+                    m.d.comb += self.start.eq(1)
+                    reply(code | 0x80, 0)
+                with m.Elif(is_read & ((read_units == 0) | (read_units > max_units_read))):
+                    reply_error(LinkError.BAD_LENGTH)
+                with m.Elif(~range_ok):
+                    reply_error(LinkError.BAD_ADDRESS)
+                with m.Elif(is_read):
+                    reply(Reply.READ_MEM, read_units << _log2(P))
+                with m.Else():
+                    m.next = "COMMIT_READ"
+
+            # Buffer -> assembly register -> memory or program memory.
+            with m.State("COMMIT_READ"):
+                m.next = "COMMIT_SHIFT"   # buf_r.data is buffer[ptr] in the next cycle
+            with m.State("COMMIT_SHIFT"):
+                m.d.sync += [shreg.eq(Cat(shreg[8:], buf_r.data)), ptr.eq(ptr + 1)]
+                with m.If(unit_end):
+                    m.next = "COMMIT_WRITE"
+                with m.Else():
+                    m.next = "COMMIT_READ"
+            with m.State("COMMIT_WRITE"):
+                m.d.comb += [self.imem_we.eq(is_imem), self.mem_we.eq(~is_imem)]
+                m.d.sync += addr.eq(addr + 1)
+                with m.If(ptr == data_bytes):
+                    reply(code | 0x80, 0)
+                with m.Else():
+                    m.next = "COMMIT_READ"
+
+            # -- replies -----------------------------------------------------------------------
+            def send(value):
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
+                return self.tx.ready
+
+            def send_crc(value):
+                m.d.comb += [crc_in.eq(value), crc_en.eq(self.tx.ready)]
+                return send(value)
+
+            with m.State("TX_SYNC"), m.If(send(SYNC)):
+                m.d.sync += [crc.eq(CRC_INIT), count.eq(0)]
+                m.next = "TX_CODE"
+            with m.State("TX_CODE"), m.If(send_crc(rcode)):
+                m.next = "TX_LEN0"
+            with m.State("TX_LEN0"), m.If(send_crc(rlen[:8])):
+                m.next = "TX_LEN1"
+            with m.State("TX_LEN1"), m.If(send_crc(rlen[8:])):
+                with m.If(rlen == 0):
+                    m.next = "TX_CRC0"
+                with m.Elif(rcode == Reply.READ_MEM):
+                    m.next = "FETCH"
+                with m.Else():
+                    m.next = "TX_DATA"
+            with m.State("FETCH"):
+                m.d.comb += self.mem_re.eq(1)
+                m.d.sync += addr.eq(addr + 1)
+                m.next = "FETCH_WAIT"
+            with m.State("FETCH_WAIT"):
+                m.d.sync += shreg[width - a.port_bits:].eq(self.mem_rdata)
+                m.next = "TX_DATA"
+            with m.State("TX_DATA"):
+                out = Signal(8)
+                with m.Switch(rcode):
+                    with m.Case(Reply.PING), m.Switch(count[:8]):
+                        for i, b in enumerate(ident):
+                            with m.Case(i):
+                                m.d.comb += out.eq(b)
+                    with m.Case(Reply.STATUS), m.Switch(count[:8]):
+                        for i, b in enumerate(status_bytes):
+                            with m.Case(i):
+                                m.d.comb += out.eq(b)
+                    with m.Case(Reply.READ_MEM):
+                        m.d.comb += out.eq(shreg[width - a.port_bits:][:8])
+                    with m.Default():
+                        m.d.comb += out.eq(Mux(count[0], code, err))
+                with m.If(send_crc(out)):
+                    m.d.sync += [count.eq(count + 1),
+                                 shreg.eq(Cat(shreg[8:], Const(0, 8)))]
+                    with m.If(count == rlen - 1):
+                        m.next = "TX_CRC0"
+                    with m.Elif((rcode == Reply.READ_MEM) & (count[:_log2(P)] == P - 1)):
+                        m.next = "FETCH"
+            with m.State("TX_CRC0"), m.If(send(crc[8:])):
+                m.next = "TX_CRC1"
+            with m.State("TX_CRC1"), m.If(send(crc[:8])):
+                m.next = "IDLE"
+        return m

@@ -1,0 +1,298 @@
+"""The chip and its host link: the real host driver over simulated UART pins, and the protocol.
+
+The simulation test builds `Chip` (the iCEBreaker chip with a 4-cycle UART bit) under Verilator
+once, then one cocotb run (testbench/board_cocotb.py) drives it with `sim.board.BoardClient`:
+compiled projections end to end, every kind of bad frame, refused requests while running and a
+device error. The fast tests below need no simulator.
+"""
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from compiler.artifact import Artifact
+from compiler.lower import lower
+from compiler.synth import make_checkpoint
+from rtl.isa import Buffer, ErrorCode, Halt, Load, MatMul, Status, WeightEncoding
+from rtl.params import CHIPS, sim_chip
+from rtl.protocol import (
+    IDENT_FIELDS,
+    MAGIC,
+    SYNC,
+    Command,
+    FrameError,
+    LinkError,
+    Reply,
+    crc16,
+    decode_frame,
+    encode_frame,
+    identity,
+    pack_fields,
+    params_fingerprint,
+    unpack_fields,
+)
+from sim.backend import Job, MemoryImage
+from sim.board import (
+    ArtifactMismatchError,
+    BoardClient,
+    BoardError,
+    LinkTimeoutError,
+    RefusedError,
+    check_artifact,
+)
+from sim.machine import Simulator
+
+CHIP = sim_chip(CHIPS["icebreaker"])
+P = CHIP.array.port_bytes
+GUARD_ADDR = 1000
+#: Guard words: no 0x5A (SYNC) inside, so a frame cut short cannot fake a new frame start.
+GUARD = bytes(range(1, 1 + 4 * P))
+OTHER = bytes(range(100, 100 + 4 * P))
+ILLEGAL = 0x0F   # opcode 15 is not an Opcode
+
+
+def _addr(a: int) -> bytes:
+    return a.to_bytes(4, "little")
+
+
+def _flip(frame: bytes, i: int) -> bytes:
+    return frame[:i] + bytes([frame[i] ^ 0x01]) + frame[i + 1:]
+
+
+def _bad_frames() -> list:
+    """(name, raw bytes, byte indices sent with a low stop bit, expected error, command)."""
+    mw, depth, buf = CHIP.mem_words, CHIP.array.imem_depth, CHIP.link_buffer_bytes
+    write = encode_frame(Command.WRITE_MEM, _addr(GUARD_ADDR) + OTHER)
+    short_len = bytearray(write)
+    short_len[2] = 4 + P          # LEN cut to one word: the rest is not what the CRC covers
+    cases = [
+        ("crc_byte_flipped", _flip(write, len(write) - 1), (), LinkError.BAD_CRC, 2),
+        ("payload_byte_flipped", _flip(write, 10), (), LinkError.BAD_CRC, 2),
+        ("length_changed", bytes(short_len), (), LinkError.BAD_CRC, 2),
+        ("unknown_command", encode_frame(0x7E), (), LinkError.BAD_COMMAND, 0x7E),
+        ("ping_with_payload", encode_frame(Command.PING, b"\0"), (), LinkError.BAD_LENGTH, 1),
+        ("partial_word", encode_frame(Command.WRITE_MEM, _addr(GUARD_ADDR) + b"\1\2\3"), (),
+         LinkError.BAD_LENGTH, 2),
+        ("write_over_buffer", encode_frame(Command.WRITE_MEM, _addr(0) + bytes(buf + P)), (),
+         LinkError.BAD_LENGTH, 2),
+        ("read_zero_words", encode_frame(Command.READ_MEM, _addr(0) + (0).to_bytes(2, "little")),
+         (), LinkError.BAD_LENGTH, 3),
+        ("read_over_buffer", encode_frame(Command.READ_MEM, _addr(0)
+                                          + (buf // P + 1).to_bytes(2, "little")),
+         (), LinkError.BAD_LENGTH, 3),
+        ("write_past_end", encode_frame(Command.WRITE_MEM, _addr(mw - 1) + bytes(2 * P)), (),
+         LinkError.BAD_ADDRESS, 2),
+        ("write_wrapping_address", encode_frame(Command.WRITE_MEM, _addr(0xFFFFFFFF) + bytes(P)),
+         (), LinkError.BAD_ADDRESS, 2),
+        ("read_past_end", encode_frame(Command.READ_MEM, _addr(mw) + (1).to_bytes(2, "little")),
+         (), LinkError.BAD_ADDRESS, 3),
+        ("imem_past_end", encode_frame(Command.WRITE_IMEM, _addr(depth - 1) + bytes(32)), (),
+         LinkError.BAD_ADDRESS, 4),
+        ("stops_mid_frame", write[:9], (), LinkError.TIMEOUT, 2),
+        ("low_stop_bit", write, (8,), LinkError.FRAMING, 2),
+    ]
+    return cases
+
+
+BAD_FRAMES = _bad_frames()
+
+
+def _busy_program() -> list:
+    """About 50k cycles of MATMULs on whatever the buffers hold, then HALT."""
+    a = CHIP.array
+    mm = MatMul(wbuf=0, abuf=0, acc=0, k_len=a.wbuf_rows, tokens=a.token_lanes,
+                n_rows=a.row_lanes, x_stride=0)
+    return [mm] * (a.imem_depth // 2) + [Halt()]
+
+
+def _error_program() -> list:
+    return [Load(buffer=Buffer.WEIGHT, sram=0, rows=1, length=1, dram=0, stride=0), ILLEGAL]
+
+
+@pytest.fixture(scope="module")
+def board_run(tmp_path_factory):
+    from rtl.chip import Chip
+
+    from .verilator import build, run_cocotb
+    tmp = tmp_path_factory.mktemp("board")
+    model = make_checkpoint(tmp / "model", "tiny", packed=True, seed=5)
+    lower(model, tmp / "art", "tiny", WeightEncoding.BASE3)
+    art = Artifact.load(tmp / "art")
+    # An attention and an FFN projection (different n and k).
+    names = [art.layers[0].name, next(e.name for e in art.layers if e.n != e.k)]
+    runner, bdir = build(Chip(CHIP), f"chip-{CHIP.name}", toplevel="ternary_chip")
+    frames = [encode_frame(Command.WRITE_MEM, _addr(GUARD_ADDR) + OTHER[:P]),
+              encode_frame(Command.READ_MEM, _addr(GUARD_ADDR) + (1).to_bytes(2, "little")),
+              encode_frame(Command.WRITE_IMEM, _addr(0) + bytes(16)),
+              encode_frame(Command.START)]
+    spec = {
+        "chip": {"uart_divisor": CHIP.uart_divisor, "baud": CHIP.baud, "clock_ns": 10},
+        "timeout": 0.01, "artifact": str(tmp / "art"), "projections": names, "tokens": 2,
+        "seed": 3,
+        "guard": {"addr": GUARD_ADDR, "data": GUARD.hex()},
+        "bad_frames": [{"name": n, "raw": raw.hex(), "bad_stop": list(bs)}
+                       for n, raw, bs, _, _ in BAD_FRAMES],
+        "busy": {"program": [f"{w:x}" for w in Job(_busy_program(), None).words()],
+                 "frames": [f.hex() for f in frames]},
+        "device_error": {"program": [f"{w:x}" for w in Job(_error_program(), None).words()]},
+    }
+    out = run_cocotb(runner, bdir, "testbench.board_cocotb", "ternary_chip", spec)
+    if "crash" in out:
+        pytest.fail(f"the board run crashed:\n{out['crash']}")
+    out["names"] = names
+    return out
+
+
+def test_projections_run_bit_exact_over_uart(board_run):
+    reps = board_run["projections"]
+    assert [r["name"] for r in reps] == board_run["names"]
+    for r in reps + [board_run["after"]]:
+        assert r["exact"], r
+        assert r["cycles"] > r["k"], r
+
+
+def test_ping_identifies_the_build(board_run):
+    ident = board_run["ping"]
+    assert ident == identity(CHIP)
+    assert ident["fingerprint"] == params_fingerprint(CHIP.array)
+
+
+@pytest.mark.parametrize("case", BAD_FRAMES, ids=[c[0] for c in BAD_FRAMES])
+def test_bad_frame_gets_error_reply_and_link_recovers(board_run, case):
+    name, _, _, err, cmd = case
+    got = next(c for c in board_run["bad_frames"] if c["name"] == name)
+    assert got.get("code") == Reply.ERROR, got
+    assert bytes.fromhex(got["payload"]) == bytes([err, cmd]), got
+    assert got["alive"], f"{name}: no PING reply after the error"
+
+
+def test_refused_writes_leave_memory_unchanged(board_run):
+    assert bytes.fromhex(board_run["guard_after"]) == GUARD
+
+
+def test_client_names_the_error_reply(board_run):
+    assert board_run["client_error"] == "the board refused READ_MEM: BAD_ADDRESS"
+
+
+def test_memory_program_and_start_refused_while_running(board_run):
+    for got in board_run["busy_refused"]:
+        assert got["code"] == Reply.ERROR and bytes.fromhex(got["payload"])[0] == LinkError.BUSY
+    assert board_run["busy_status"] == Status.RUNNING
+    assert board_run["busy_final"]["status"] == Status.DONE
+    # The link's traffic does not disturb the run: the simulator predicts the same cycles.
+    sim = Simulator(CHIP.array).run([Job(_busy_program(), MemoryImage(P))])[0]
+    assert sim.status == Status.DONE
+    assert board_run["busy_final"]["cycles"] == sim.counters["CYCLES"]
+
+
+def test_device_error_reported_with_code_and_pc(board_run):
+    sim = Simulator(CHIP.array).run([Job(_error_program(), MemoryImage(P))])[0]
+    assert sim.status == Status.ERROR and sim.error == ErrorCode.ILLEGAL_OPCODE
+    got = board_run["device_error"]
+    assert got == {"error": sim.error, "pc": sim.error_pc, "message":
+                   f"the accelerator stopped with ERROR ILLEGAL_OPCODE at pc {sim.error_pc}"}
+
+
+# -- fast tests: no simulator -------------------------------------------------------------
+
+def test_crc_worked_example():
+    # CRC-16/CCITT-FALSE check value, and the PING frame of docs/protocol.md.
+    assert crc16(b"123456789") == 0x29B1
+    assert encode_frame(Command.PING) == bytes([SYNC, 0x01, 0x00, 0x00, 0xFB, 0xAC])
+    assert crc16(encode_frame(Command.STATUS)[1:]) == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_frame_round_trip_and_any_flip_detected(seed):
+    rng = np.random.default_rng(seed)
+    payload = rng.integers(0, 256, int(rng.integers(0, 300)), dtype=np.uint8).tobytes()
+    frame = encode_frame(0x82, payload)
+    assert decode_frame(frame) == (0x82, payload)
+    for i in range(1, len(frame)):
+        with pytest.raises(FrameError):
+            decode_frame(_flip(frame, i))
+
+
+class FakeLink:
+    """Replies with canned bytes to each write."""
+
+    def __init__(self, replies: list):
+        self.replies = list(replies)
+        self.pending = b""
+        self.sent = []
+
+    def write(self, data):
+        self.sent.append(bytes(data))
+        self.pending += self.replies.pop(0) if self.replies else b""
+
+    def read(self, n, timeout):
+        out, self.pending = self.pending[:n], self.pending[n:]
+        return out
+
+    def flush_input(self):
+        self.pending = b""
+
+    def now(self):
+        return time.monotonic()
+
+
+def _ident_reply(chip=CHIP, **changes) -> bytes:
+    return encode_frame(Reply.PING, pack_fields(IDENT_FIELDS, {**identity(chip), **changes}))
+
+
+def test_client_errors_are_one_line():
+    with pytest.raises(LinkTimeoutError, match="no reply from the board"):
+        BoardClient(FakeLink([]), timeout=0.01).ping()
+    with pytest.raises(BoardError, match="not a ternary-accel board"):
+        BoardClient(FakeLink([_ident_reply(magic=0x1234)])).ping()
+    with pytest.raises(BoardError, match="protocol version 9"):
+        BoardClient(FakeLink([_ident_reply(version=9)])).ping()
+    refused = encode_frame(Reply.ERROR, bytes([LinkError.BUSY, Command.START]))
+    with pytest.raises(RefusedError, match="refused START: BUSY"):
+        BoardClient(FakeLink([refused])).start()
+    noisy = bytes([0x00, 0xFF, 0x13]) + _ident_reply()
+    assert BoardClient(FakeLink([noisy])).ping()["magic"] == int.from_bytes(MAGIC, "little")
+    damaged = _flip(_ident_reply(), 7)
+    with pytest.raises(BoardError, match="damaged reply"):
+        BoardClient(FakeLink([damaged])).ping()
+
+
+def test_writes_are_chunked_to_the_buffer():
+    n = 3 * CHIP.link_buffer_bytes // P + 1
+    ack = encode_frame(Reply.WRITE_MEM)
+    link = FakeLink([_ident_reply()] + [ack] * 4)
+    client = BoardClient(link)
+    client.write_mem(7, np.zeros((n, P), np.uint8))
+    frames = [decode_frame(f) for f in link.sent[1:]]
+    assert [int.from_bytes(p[:4], "little") for _, p in frames] == \
+        [7 + i * CHIP.link_buffer_bytes // P for i in range(4)]
+    assert sum(len(p) - 4 for _, p in frames) == n * P
+
+
+def test_artifact_mismatch_is_named():
+    ident = unpack_fields(IDENT_FIELDS, pack_fields(IDENT_FIELDS, identity(CHIPS["ulx3s"])))
+
+    class Art:
+        params = CHIP.array
+    with pytest.raises(ArtifactMismatchError, match="for scale point 'tiny'.*port_bytes 4"):
+        check_artifact(ident, Art)
+    check_artifact(identity(CHIP), Art)
+
+
+def test_cli_reports_missing_port_in_one_line(tmp_path):
+    model = make_checkpoint(tmp_path / "model", "tiny", packed=True, seed=1)
+    lower(model, tmp_path / "art", "tiny", WeightEncoding.BASE3)
+    r = subprocess.run([sys.executable, "-m", "sim.board", str(tmp_path / "nope"),
+                        str(tmp_path / "art"), "--json"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: cannot open serial port") and \
+        r.stderr.count("\n") == 1, r.stderr
+    assert r.stdout == ""
+    help_ = subprocess.run([sys.executable, "-m", "sim.board", "--help"], capture_output=True,
+                           text=True)
+    assert help_.returncode == 0 and "--json" in help_.stdout
+    json.dumps(identity(CHIP))
