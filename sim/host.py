@@ -295,6 +295,8 @@ class HostModel:
         self.inv_freq = (1.0 / (cfg.rope_theta ** (np.arange(0, hd, 2, dtype=np.int64)
                                                    .astype(_F32) / _F32(hd)))).astype(_F32)
         self.on_projection: Callable | None = None   # hook(proj, x_q, acc) for tests
+        # hook(proj, x): each projection's float input, before int8 quantization (calibration)
+        self.on_projection_input: Callable | None = None
         self.ledger: list[Step] = []
         self._timer = _Timer()
         self.reset()
@@ -340,6 +342,8 @@ class HostModel:
     def _linear(self, x: np.ndarray, layer: int, kind: str) -> np.ndarray:
         """BitLinear: quantize per token (host), integer product (projector), dequantize (host)."""
         proj = self._projs[(layer, kind)]
+        if self.on_projection_input is not None:
+            self.on_projection_input(proj, x)
         t = self._timer
         with t("other"):
             x_q, amax = quantize_activations(x)
