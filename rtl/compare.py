@@ -117,7 +117,7 @@ class SerialHarness(wiring.Component):
     """A `LaneArray` behind two pins, for FPGA builds of the comparison.
 
     Weights, activations and the step/first controls are the taps of a shift chain that
-    `uart_rx` feeds one bit per cycle; `uart_tx` is the registered XOR of every accumulator bit,
+    `uart_rx` feeds one bit per cycle; `uart_tx` is the (pipelined) XOR of every accumulator bit,
     so synthesis can drop no lane. (The pins are the board's UART pins, so `rtl.fpga` places
     it like the chip; there is no UART.) The chain adds one flip-flop per weight and
     activation bit to both kinds.
@@ -136,9 +136,13 @@ class SerialHarness(wiring.Component):
         m.d.comb += [arr.w.eq(chain[:len(arr.w)]),
                      arr.x.eq(chain[len(arr.w):len(arr.w) + len(arr.x)]),
                      arr.step.eq(chain[-2]), arr.first.eq(chain[-1])]
-        fold = Signal()
-        m.d.comb += fold.eq(arr.acc.xor())
-        m.d.sync += self.uart_tx.eq(fold)
+        # Fold in two registered stages (each lane, then the lanes), so the fold is never the
+        # critical path: the array is.
+        bits = arr.acc_bits
+        lane_fold = Signal(len(arr.acc) // bits)
+        m.d.sync += lane_fold.eq(Cat(*[arr.acc[i * bits:(i + 1) * bits].xor()
+                                       for i in range(len(lane_fold))]))
+        m.d.sync += self.uart_tx.eq(lane_fold.xor())
         return m
 
 
