@@ -17,7 +17,9 @@ Verilog from `verilog.convert`; `ecp5` runs the target-independent pass on Amara
 (the netlist Amaranth's own FPGA builds feed to Yosys); `default` runs the target-independent
 pass on its Verilog (it has no FPGA target). Every scale
 point's elaborated Amaranth design is also walked: no `*`, `//` or `%` operator and no
-instance of a vendor primitive. That walk is sound on its own, because Yosys only ever makes a
+instance of a vendor primitive; so is each board's chip (`rtl.chip`, with its UART host link),
+and the int8 lanes of `rtl.compare` (the only `*` in rtl/, a comparison build) must be seen
+by the same walk. That walk is sound on its own, because Yosys only ever makes a
 multiplier out of a `$mul`, and Amaranth only emits one for a `*`. Outputs go to build/netlist/.
 """
 
@@ -37,7 +39,9 @@ from amaranth.hdl._mem import MemoryInstance
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from rtl.params import SCALE_POINTS
+from rtl.chip import Chip
+from rtl.compare import KINDS, SerialHarness
+from rtl.params import CHIPS, SCALE_POINTS
 from rtl.top import Accelerator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -290,6 +294,26 @@ def test_no_multiplier_operator(point):
     assert not found, f"{point}: {found}"
     print(f"\n{point}: walked the elaborated design in {time.monotonic() - t:.1f} s, "
           f"{sum(ops.values())} operators")
+
+
+@pytest.mark.parametrize("board", list(CHIPS))
+def test_chip_has_no_multiplier_operator(board):
+    # What goes on a board: the accelerator with its memory and UART host link (the memory as
+    # Amaranth builds it without a platform; on iCE40 it becomes SPRAM instances).
+    ops, instances = design_operators(_ir.Fragment.get(Chip(CHIPS[board]), None))
+    assert ops["+"] >= 2 * CHIPS[board].array.lanes
+    found = ast_multipliers(ops, instances)
+    assert not found, f"{board}: {found}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_comparison_array_multipliers_are_seen(kind):
+    # rtl/compare.py's int8 lanes hold the only `*` in rtl/ (a comparison build, never part of
+    # the accelerator): the walk must see one per lane there, and none in the ternary build.
+    p = SCALE_POINTS["tiny"]
+    ops, instances = design_operators(_ir.Fragment.get(SerialHarness(p, kind), None))
+    assert ops["*"] == (p.lanes if kind == "int8" else 0)
+    assert bool(ast_multipliers(ops, instances)) == (kind == "int8")
 
 
 @pytest.mark.parametrize("point", list(SCALE_FLOWS))
