@@ -11,7 +11,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from amaranth.back import verilog
 from amaranth.hdl import ClockSignal, Instance, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
@@ -21,7 +20,7 @@ from amaranth.vendor import LatticeICE40Platform
 from .hostlink import HostLink
 from .isa import Status
 from .params import CHIPS, ChipParams, chip_params
-from .top import Accelerator
+from .top import Accelerator, write_component
 from .uart import UARTReceiver, UARTTransmitter
 
 __all__ = ["Chip", "ChipMemory", "MEM_READ_LATENCY", "main"]
@@ -179,10 +178,7 @@ class Chip(wiring.Component):
 
 def write_verilog(chip: ChipParams, path: Path) -> Path:
     """Write the chip as Verilog (top module `ternary_chip`), with the simulation memory."""
-    text = verilog.convert(Chip(chip), name="ternary_chip", strip_internal_attrs=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+    return write_component(Chip(chip), "ternary_chip", path)
 
 
 def main(argv=None) -> int:

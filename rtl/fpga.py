@@ -43,6 +43,8 @@ from amaranth.hdl import ClockDomain, Elaboratable, Instance, Module, Shape, Sig
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 
+from .results import write_section
+
 __all__ = ["BOARDS", "DEVICES", "BoardTop", "BuildError", "Design", "build", "check_report",
            "design_for", "ecp5_pll", "ice40_pll", "main", "parse_reports", "render",
            "write_results"]
@@ -732,14 +734,7 @@ def render(reports: list, command: str) -> str:
 
 def write_results(path: Path, section: str) -> None:
     """Replace this module's marked section of `path` (or append it); leave the rest alone."""
-    text = path.read_text() if path.exists() else "# Results\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    write_section(path, BEGIN, END, section)
 
 
 def main(argv=None) -> int:

@@ -21,7 +21,7 @@ from .params import SCALE_POINTS, ArrayParams, scale_point
 from .sequencer import PC_BITS, Dispatcher
 from .store import StoreUnit, write_layout
 
-__all__ = ["Accelerator", "main"]
+__all__ = ["Accelerator", "main", "write_component", "write_verilog"]
 
 
 
@@ -248,8 +248,12 @@ class Accelerator(wiring.Component):
 
 def write_verilog(params: ArrayParams, path: Path) -> Path:
     """Write the accelerator at `params` as Verilog (top module `ternary_accel`)."""
-    top = Accelerator(params)
-    text = verilog.convert(top, name="ternary_accel", strip_internal_attrs=True)
+    return write_component(Accelerator(params), "ternary_accel", path)
+
+
+def write_component(component, name: str, path: Path) -> Path:
+    """Write `component` as Verilog with top module `name`; no partial file on failure."""
+    text = verilog.convert(component, name=name, strip_internal_attrs=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".v.tmp")
     tmp.write_text(text)

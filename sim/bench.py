@@ -23,6 +23,7 @@ from compiler.tiling import (
 )
 from rtl.isa import Status
 from rtl.params import scale_point
+from rtl.results import write_section
 from sim.backend import random_projection_job
 from sim.golden import ternary_matmul
 from sim.machine import Simulator
@@ -256,14 +257,7 @@ def render(res: dict, command: str) -> str:
 
 
 def write_results(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Results\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    write_section(path, BEGIN, END, section)
 
 
 def main(argv=None) -> int:
