@@ -53,6 +53,9 @@ class ComputeUnit(wiring.Component):
         Accumulator buffer read port (partial sums when accumulating).
     c_we, c_waddr, c_wdata : Out
         Accumulator buffer write port.
+    acc_out : Out (only with `ArrayParams.acc_in_lanes`)
+        The lanes' accumulators, the one accumulator group, for STORE; the buffer ports are
+        then unused.
     retire, retire_pc, error, error_pc, active, blocked, stall_dep : Out
     busy_lanes, skipped : Out
         Busy and zero-weight lane-cycles this cycle.
@@ -62,7 +65,9 @@ class ComputeUnit(wiring.Component):
         self.params = params
         p = params
         acc_row = p.lanes * p.acc_bits
+        members = {"acc_out": Out(acc_row)} if p.acc_in_lanes else {}
         super().__init__({
+            **members,
             "head_valid": In(1), "head_pc": In(PC_BITS), "head_instr": In(INSTR_BITS),
             "take": Out(1), "tok_prev": In(1), "tok_next": In(1),
             "pop_prev": Out(1), "pop_next": Out(1), "push_prev": Out(1), "push_next": Out(1),
@@ -112,6 +117,7 @@ class ComputeUnit(wiring.Component):
         s1_off = Signal(port_shift)
         s1_tok = Signal(p.token_lanes)
         finishing = Signal()
+        clear = Signal()        # in-lane accumulators: start a non-accumulating group from 0
         m.d.sync += s1.eq(0)
         m.d.comb += [
             self.w_addr.eq(wbuf + k),
@@ -124,6 +130,7 @@ class ComputeUnit(wiring.Component):
             with m.Else():
                 last_k = k == k_len - 1
                 final = last_k & (tokens_left <= p.token_lanes)
+                m.d.comb += clear.eq((k == 0) & ~accumulate)
                 m.d.sync += [
                     s1.eq(1), s1_first.eq(k == 0), s1_last.eq(last_k), s1_final.eq(final),
                     s1_g.eq(acc + g), s1_off.eq(bytepos[:port_shift]),
@@ -182,18 +189,24 @@ class ComputeUnit(wiring.Component):
         for j in range(p.token_lanes):
             x = act[8 * j:8 * j + 8].as_signed()
             for r in range(p.row_lanes):
-                lane = TernaryLane(p.acc_bits)
+                lane = TernaryLane(p.acc_bits, held=p.acc_in_lanes)
                 m.submodules[f"lane_{j}_{r}"] = lane
                 idx = j * p.row_lanes + r
                 init = self.c_rdata[idx * p.acc_bits:(idx + 1) * p.acc_bits].as_signed()
                 m.d.comb += [
-                    lane.step.eq(s1), lane.first.eq(s1_first),
-                    lane.init.eq(Mux(s1_acc, init, 0)),
+                    lane.step.eq(s1),
                     lane.nz.eq(self.w_data[2 * r] & s1_mask[r] & s1_tok[j]),
                     lane.neg.eq(self.w_data[2 * r + 1]),
                     lane.x.eq(x),
                 ]
-                totals.append(lane.total)
+                if p.acc_in_lanes:
+                    # The lane holds the group; clearing it one cycle ahead of the first add
+                    # drops only a result this MATMUL overwrites anyway.
+                    m.d.comb += lane.clear.eq(clear)
+                    totals.append(lane.acc)
+                else:
+                    m.d.comb += [lane.first.eq(s1_first), lane.init.eq(Mux(s1_acc, init, 0))]
+                    totals.append(lane.total)
         for r in range(p.row_lanes):
             zero_bits.append(~self.w_data[2 * r] & s1_mask[r])
         # A named signal: slicing an unnamed Cat bit by bit re-emits the whole Cat each time,
@@ -206,10 +219,14 @@ class ComputeUnit(wiring.Component):
                 self.busy_lanes.eq(sum(Mux(s1_tok[j], s1_nrows, 0)
                                        for j in range(p.token_lanes))),
                 self.skipped.eq(sum(Mux(s1_tok[j], zeros, 0) for j in range(p.token_lanes))),
-                self.c_we.eq(s1_last), self.c_waddr.eq(s1_g), self.c_wdata.eq(Cat(*totals)),
             ]
+            if not p.acc_in_lanes:
+                m.d.comb += [self.c_we.eq(s1_last), self.c_waddr.eq(s1_g),
+                             self.c_wdata.eq(Cat(*totals))]
             with m.If(s1_final):
                 m.d.comb += [self.retire.eq(1), self.retire_pc.eq(s1_pc),
                              self.push_prev.eq(s1_push[0]), self.push_next.eq(s1_push[1])]
+        if p.acc_in_lanes:
+            m.d.comb += self.acc_out.eq(Cat(*totals))
         m.d.comb += self.active.eq(running | s1)
         return m

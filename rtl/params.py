@@ -111,6 +111,16 @@ class ArrayParams:
         return self.row_lanes * self.token_lanes
 
     @property
+    def acc_in_lanes(self) -> bool:
+        """With one accumulator group, the lanes' own registers are that group: no buffer.
+
+        The lanes then clear at a non-accumulating MATMUL's first read cycle instead of loading a
+        start value, and STORE reads them directly. Results of programs whose tokens order every
+        hazard are the same as with a buffer; only a racing STORE can see the difference.
+        """
+        return self.acc_groups == 1
+
+    @property
     def act_bits(self) -> int:
         return ACT_BITS
 

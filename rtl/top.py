@@ -8,7 +8,17 @@ import sys
 from pathlib import Path
 
 from amaranth.back import verilog
-from amaranth.hdl import Cat, EnableInserter, Module, Mux, ResetInserter, Signal
+from amaranth.hdl import (
+    Cat,
+    ClockDomain,
+    ClockSignal,
+    DomainRenamer,
+    EnableInserter,
+    Module,
+    Mux,
+    ResetInserter,
+    Signal,
+)
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -84,14 +94,20 @@ class Accelerator(wiring.Component):
                      run.eq(status == Status.RUNNING), self.draining.eq(outstanding != 0)]
         m.d.comb += begin.eq(self.start & (status != Status.RUNNING) & (outstanding == 0))
 
+        # The units run in a clock domain without reset: `begin` resets them at every start,
+        # and a second, unconditional reset would cost logic in front of many flip-flops.
+        m.domains.units = ClockDomain(local=True, reset_less=True)
+        m.d.comb += ClockSignal("units").eq(ClockSignal("sync"))
+
         def unit(name, component):
             # Reset at every start; frozen whenever the accelerator is not running. The enable
             # must include the start cycle itself, or it would mask the reset.
-            m.submodules[name] = EnableInserter(run | begin)(ResetInserter(begin)(component))
+            m.submodules[name] = DomainRenamer("units")(
+                EnableInserter(run | begin)(ResetInserter(begin)(component)))
             return component
 
         disp = Dispatcher(p)
-        m.submodules.dispatcher = ResetInserter(begin)(disp)
+        m.submodules.dispatcher = DomainRenamer("units")(ResetInserter(begin)(disp))
         m.d.comb += [disp.imem_we.eq(self.imem_we), disp.imem_addr.eq(self.imem_addr),
                      disp.imem_data.eq(self.imem_data), disp.start.eq(begin), disp.run.eq(run)]
 
@@ -117,15 +133,24 @@ class Accelerator(wiring.Component):
         # -- buffers ---------------------------------------------------------------------------
         m.submodules.wbuf = wbuf = Memory(shape=2 * p.row_lanes, depth=p.wbuf_rows, init=[])
         m.submodules.abuf = abuf = Memory(shape=p.port_bits, depth=p.abuf_rows, init=[])
-        m.submodules.accbuf = accbuf = Memory(shape=p.lanes * p.acc_bits, depth=p.acc_groups,
-                                              init=[])
         wbuf_w, wbuf_r = wbuf.write_port(), wbuf.read_port()
         abuf_w, abuf_r = abuf.write_port(), abuf.read_port()
-        acc_w = accbuf.write_port()
-        # A MATMUL accumulating onto the group the previous one writes in the same cycle reads
-        # through the write (back-to-back issue).
-        acc_rc = accbuf.read_port(transparent_for=(acc_w,))
-        acc_rs = accbuf.read_port()
+        if p.acc_in_lanes:
+            m.d.comb += store.c_rdata.eq(comp.acc_out)
+        else:
+            m.submodules.accbuf = accbuf = Memory(shape=p.lanes * p.acc_bits,
+                                                  depth=p.acc_groups, init=[])
+            acc_w = accbuf.write_port()
+            # A MATMUL accumulating onto the group the previous one writes in the same cycle
+            # reads through the write (back-to-back issue).
+            acc_rc = accbuf.read_port(transparent_for=(acc_w,))
+            acc_rs = accbuf.read_port()
+            m.d.comb += [
+                acc_rc.addr.eq(comp.c_raddr), comp.c_rdata.eq(acc_rc.data),
+                acc_w.en.eq(comp.c_we & run), acc_w.addr.eq(comp.c_waddr),
+                acc_w.data.eq(comp.c_wdata),
+                acc_rs.addr.eq(store.c_raddr), store.c_rdata.eq(acc_rs.data),
+            ]
         m.d.comb += [
             wbuf_w.en.eq(load.w_en & run), wbuf_w.addr.eq(load.w_addr),
             wbuf_w.data.eq(load.w_data),
@@ -133,10 +158,6 @@ class Accelerator(wiring.Component):
             abuf_w.data.eq(load.a_data),
             wbuf_r.addr.eq(comp.w_addr), comp.w_data.eq(wbuf_r.data),
             abuf_r.addr.eq(comp.a_addr), comp.a_data.eq(abuf_r.data),
-            acc_rc.addr.eq(comp.c_raddr), comp.c_rdata.eq(acc_rc.data),
-            acc_w.en.eq(comp.c_we & run), acc_w.addr.eq(comp.c_waddr),
-            acc_w.data.eq(comp.c_wdata),
-            acc_rs.addr.eq(store.c_raddr), store.c_rdata.eq(acc_rs.data),
         ]
 
         # -- memory port: requests leave only while running; responses are always taken ---------

@@ -1,8 +1,9 @@
 """cocotb: drive one TernaryLane cycle by cycle and record what it shows.
 
-Input ($TB_JOB, JSON): {"acc_bits": int, "jobs": [{"steps": [[step, first, init, nz, neg, x],
-...]}, ...]}, `init` and `x` as signed integers. Output ($TB_RESULT): one result per job,
-{"reset_acc": int, "acc": [...], "total": [...]}, all re-signed. Each job starts with a reset.
+Input ($TB_JOB, JSON): {"acc_bits": int, "jobs": [{"steps": [[step, first, init, nz, neg, x,
+clear], ...]}, ...]}, `init` and `x` as signed integers. Output ($TB_RESULT): one result per job,
+{"reset_acc": int, "acc": [...], "total": [...]}, all re-signed. Each job starts with a reset
+and a clear.
 Step i is driven on a falling edge; `acc[i]` and `total[i]` are sampled once its inputs have
 settled, before the rising edge that applies it, so `acc` has one more entry than `steps`: the
 accumulator after the last step.
@@ -16,9 +17,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
 from rtl.params import ACT_BITS
-
-#: Input ports in the order of a step's fields.
-PORTS = ("step", "first", "init", "nz", "neg", "x")
+from rtl.tests.test_units_amaranth import LANE_PORTS as PORTS
 
 
 def _signed(value: int, bits: int) -> int:
@@ -33,13 +32,16 @@ def _unsigned(value: int, bits: int) -> int:
 
 
 async def _reset(dut):
+    """Reset and clear: the accumulator has no reset of its own, `clear` starts each job."""
     await FallingEdge(dut.clk)
     dut.rst.value = 1
     for name in PORTS:
         getattr(dut, name).value = 0
+    dut.clear.value = 1
     await RisingEdge(dut.clk)
     await FallingEdge(dut.clk)
     dut.rst.value = 0
+    dut.clear.value = 0
 
 
 async def run_job(dut, steps, acc_bits):

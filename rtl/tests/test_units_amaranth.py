@@ -29,6 +29,9 @@ X_CORNERS = (X_MIN, X_MAX, X_MIN + 1, -1, 0, 1)
 
 # -- TernaryLane model ---------------------------------------------------------------------------
 
+#: The lane's inputs in the order of a step's fields (shared with testbench/lane_cocotb.py).
+LANE_PORTS = ("step", "first", "init", "nz", "neg", "x", "clear")
+
 def wrap(value: int, bits: int) -> int:
     """Two's complement wrap to a signed `bits`-bit value."""
     value &= (1 << bits) - 1
@@ -36,21 +39,36 @@ def wrap(value: int, bits: int) -> int:
 
 
 def lane_model(steps, acc_bits: int, acc: int = 0):
-    """Expected (acc, total) of a TernaryLane over `steps` of (step, first, init, nz, neg, x).
+    """Expected (acc, total) of a TernaryLane over `steps` of `LANE_PORTS` values.
 
     acc[i] is the accumulator while step i is applied (acc has one extra entry, after the last
     step); total[i] = (init if first else acc) + w * x with w = 0 if not nz else -1 if neg else 1.
-    The accumulator takes total when step and (first or nz); a zero weight is a skip.
+    The accumulator takes 0 when clear, else total when step and (first or nz); a zero weight is
+    a skip.
     """
     accs, totals = [acc], []
-    for step, first, init, nz, neg, x in steps:
+    for step, first, init, nz, neg, x, clear in steps:
         w = 0 if not nz else -1 if neg else 1
         total = wrap((init if first else acc) + w * x, acc_bits)
         totals.append(total)
-        if step and (first or nz):
+        if clear:
+            acc = 0
+        elif step and (first or nz):
             acc = total
         accs.append(acc)
     return accs, totals
+
+
+def held_lane_model(steps, acc_bits: int) -> list:
+    """Expected acc of a held TernaryLane (`first`, `init` ignored): 0 on clear, else + w * x."""
+    acc, accs = 0, [0]
+    for step, _first, _init, nz, neg, x, clear in steps:
+        if clear:
+            acc = 0
+        elif step and nz:
+            acc = wrap(acc - x if neg else acc + x, acc_bits)
+        accs.append(acc)
+    return accs
 
 
 def random_lane_steps(seed: int, n: int, acc_bits: int) -> list:
@@ -65,12 +83,12 @@ def random_lane_steps(seed: int, n: int, acc_bits: int) -> list:
         init = (rng.choice(init_corners) if r < 0.3 else rng.randint(lo, hi) if r < 0.6
                 else rng.randint(-4096, 4096))
         steps.append([int(rng.random() < 0.85), int(rng.random() < 0.1), init,
-                      int(rng.random() < 0.6), rng.getrandbits(1), x])
+                      int(rng.random() < 0.6), rng.getrandbits(1), x, int(rng.random() < 0.05)])
     return steps
 
 
 def corner_lane_steps(acc_bits: int) -> list:
-    """Every (step, first, nz, neg) with x in the int8 corners, from a few accumulator values.
+    """Every (step, first, nz, neg, clear) with x in the int8 corners, from a few accumulators.
 
     Each corner step is preceded by a `first` step that loads a known accumulator, so that
     skips and holds are visible against a nonzero value and wrapping at both ends is hit.
@@ -82,26 +100,32 @@ def corner_lane_steps(acc_bits: int) -> list:
             for step in (0, 1):
                 for first in (0, 1):
                     for nz in (0, 1):
-                        for neg in (0, 1):
+                        for neg, clear in ((0, 0), (1, 0), (0, 1), (1, 1)):
                             init = ~start if first else 12345   # ~start is in range
-                            steps.append([1, 1, start, 0, 1, X_MIN])
-                            steps.append([step, first, init, nz, neg, x])
+                            steps.append([1, 1, start, 0, 1, X_MIN, 0])
+                            steps.append([step, first, init, nz, neg, x, clear])
     return steps
 
 
 #: Directed lane cases: (steps, expected acc while each step applies plus after the last).
 LANE_CASES = {
     # nz = 0 leaves the accumulator alone whatever neg and x say.
-    "skip_zero_weight": ([[1, 1, 100, 1, 0, 5], [1, 0, 0, 0, 0, X_MIN], [1, 0, 0, 0, 1, X_MIN],
-                          [1, 0, 0, 0, 0, X_MAX], [1, 0, 0, 0, 1, X_MAX]],
+    "skip_zero_weight": ([[1, 1, 100, 1, 0, 5, 0], [1, 0, 0, 0, 0, X_MIN, 0],
+                          [1, 0, 0, 0, 1, X_MIN, 0], [1, 0, 0, 0, 0, X_MAX, 0],
+                          [1, 0, 0, 0, 1, X_MAX, 0]],
                          [0, 105, 105, 105, 105, 105]),
-    "add_sub": ([[1, 1, 0, 1, 0, X_MAX], [1, 0, 0, 1, 1, X_MIN], [1, 0, 0, 1, 0, X_MIN],
-                 [1, 0, 0, 1, 1, X_MAX]],
+    "add_sub": ([[1, 1, 0, 1, 0, X_MAX, 0], [1, 0, 0, 1, 1, X_MIN, 0],
+                 [1, 0, 0, 1, 0, X_MIN, 0], [1, 0, 0, 1, 1, X_MAX, 0]],
                 [0, 127, 255, 127, 0]),
     # first with a zero weight still loads init; step = 0 holds even with first set.
-    "first_and_hold": ([[1, 1, -7, 0, 1, 9], [0, 1, 50, 1, 0, 9], [0, 0, 0, 1, 1, 3],
-                        [1, 1, 50, 1, 1, X_MIN]],
+    "first_and_hold": ([[1, 1, -7, 0, 1, 9, 0], [0, 1, 50, 1, 0, 9, 0], [0, 0, 0, 1, 1, 3, 0],
+                        [1, 1, 50, 1, 1, X_MIN, 0]],
                        [0, -7, -7, -7, 178]),
+    # clear wins over a step with first or a nonzero weight, and a held accumulator restarts
+    # from 0 on the next step.
+    "clear": ([[1, 1, 40, 1, 0, 2, 0], [1, 0, 0, 1, 0, 5, 1], [1, 0, 0, 1, 1, 3, 0],
+               [1, 1, 9, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0, 1], [1, 0, 0, 1, 0, X_MAX, 0]],
+              [0, 42, 0, -3, 0, 0, 127]),
 }
 
 
@@ -210,25 +234,31 @@ def check_lane_trace(steps, accs, totals, want_accs, want_totals, label) -> None
         if got != want:
             prev = steps[i - 1] if i else None
             raise AssertionError(f"{label}: cycle {i}: acc={got}, expected {want} (after step "
-                                 f"[step, first, init, nz, neg, x]={prev}; "
+                                 f"{LANE_PORTS}={prev}; "
                                  f"before it acc={accs[i - 1] if i else 'reset'})")
     for i, (got, want) in enumerate(zip(totals, want_totals)):
         if got != want:
             raise AssertionError(f"{label}: cycle {i}: total={got}, expected {want} with "
-                                 f"[step, first, init, nz, neg, x]={steps[i]}, acc={accs[i]}")
+                                 f"{LANE_PORTS}={steps[i]}, acc={accs[i]}")
 
 
-def simulate_lane(acc_bits: int, steps):
-    """Run `steps` through TernaryLane in Amaranth's simulator; return (accs, totals)."""
-    dut = TernaryLane(acc_bits)
+def simulate_lane(acc_bits: int, steps, held: bool = False):
+    """Run `steps` through TernaryLane in Amaranth's simulator; return (accs, totals).
+
+    A `held` lane has no `first`, `init` or `total`: those fields are not driven, and totals
+    come back empty.
+    """
+    dut = TernaryLane(acc_bits, held=held)
     accs, totals = [], []
 
     async def testbench(ctx):
         for fields in steps:
-            for name, value in zip(("step", "first", "init", "nz", "neg", "x"), fields):
-                ctx.set(getattr(dut, name), value)
+            for name, value in zip(LANE_PORTS, fields):
+                if not (held and name in ("first", "init")):
+                    ctx.set(getattr(dut, name), value)
             accs.append(ctx.get(dut.acc))
-            totals.append(ctx.get(dut.total))
+            if not held:
+                totals.append(ctx.get(dut.total))
             await ctx.tick()
         ctx.set(dut.step, 0)
         accs.append(ctx.get(dut.acc))
@@ -274,6 +304,18 @@ def test_lane_corners(acc_bits):
                      f"corners acc_bits={acc_bits}")
     print(f"lane corners, acc_bits={acc_bits}: {len(steps)} cycles in "
           f"{time.monotonic() - t:.2f} s")
+
+
+@pytest.mark.parametrize("acc_bits", [ACC_BITS, ACT_BITS + 2])
+def test_held_lane(acc_bits):
+    """The held lane (one accumulator group in the lanes): random steps and every corner."""
+    steps = random_lane_steps(3, 1000, acc_bits) + corner_lane_steps(acc_bits)
+    accs, _ = simulate_lane(acc_bits, steps, held=True)
+    want = held_lane_model(steps, acc_bits)
+    bad = next((i for i, (g, w) in enumerate(zip(accs, want)) if g != w), None)
+    assert len(accs) == len(want) and bad is None, \
+        f"acc_bits={acc_bits}: cycle {bad}: acc={accs[bad]}, expected {want[bad]} after " \
+        f"{LANE_PORTS}={steps[bad - 1] if bad else None}"
 
 
 @pytest.mark.parametrize("seed", [1, 2])
