@@ -19,6 +19,7 @@ from amaranth.vendor import LatticeICE40Platform
 
 from .hostlink import HostLink
 from .isa import Status
+from .memport import read_port
 from .params import CHIPS, ChipParams, chip_params
 from .top import Accelerator, write_component
 from .uart import UARTReceiver, UARTTransmitter
@@ -93,10 +94,10 @@ class ChipMemory(wiring.Component):
         else:
             m.submodules.mem = mem = Memory(shape=self.width, depth=self.words, init=[])
             wp = mem.write_port()
-            rp = mem.read_port()
+            rp, rdata = read_port(m, mem, en=self.en & ~self.we)
             m.d.comb += [wp.addr.eq(self.addr), wp.data.eq(self.wdata),
                          wp.en.eq(self.en & self.we), rp.addr.eq(self.addr),
-                         rp.en.eq(self.en & ~self.we), self.rdata.eq(rp.data)]
+                         self.rdata.eq(rdata)]
         return m
 
 

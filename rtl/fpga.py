@@ -395,6 +395,16 @@ def _tool_env() -> dict:
     return env
 
 
+#: Block RAM read ports may return anything when the same address is written in that cycle:
+#: a program that reads and writes one buffer row in the same cycle races, and its data is
+#: unspecified in the simulator too (sim/machine.py). Without it, Yosys keeps Amaranth's
+#: read-old-data semantics with a bypass register and mux per bit (about 550 cells for the
+#: tiny chip's program memory and buffers). Yosys applies the attribute where it merges a
+#: register into a read port, which is how `rtl.memport.read_port` builds its ports; ports
+#: Amaranth builds synchronous itself (the transparent accumulator read) keep their semantics.
+NO_RW_CHECK = "setattr -set no_rw_check 1 m:*"
+
+
 def _tool_command(tool: str) -> str:
     return os.environ.get(tool.upper().replace("-", "_"), TOOLS[tool])
 
@@ -403,6 +413,7 @@ def _overrides(family: str, name: str) -> dict:
     stat = f"tee -q -o {name}.stat.json stat -json"
     return {
         "synth_opts": ["-run", ":map_luts"],
+        "script_after_read": NO_RW_CHECK,
         "script_after_synth": "\n".join([*(line.format(name=name)
                                            for line in YOSYS_MAP_LUTS[family]), stat]),
         # Timing is judged here (check_report), so nextpnr finishes and writes its report.

@@ -11,6 +11,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .isa import COUNTER_BITS, INSTR_BITS, Counter, ErrorCode, Status
+from .memport import read_port
 from .params import ChipParams
 from .protocol import (
     ADDR_BYTES,
@@ -130,7 +131,7 @@ class HostLink(wiring.Component):
 
         m.submodules.buffer = buffer = Memory(shape=8, depth=buf_bytes, init=[])
         buf_w = buffer.write_port()
-        buf_r = buffer.read_port()
+        buf_r, buf_rdata = read_port(m, buffer)
 
         byte = self.rx.payload.data
         got = self.rx.valid
@@ -272,9 +273,9 @@ class HostLink(wiring.Component):
 
             # Buffer -> assembly register -> memory or program memory.
             with m.State("COMMIT_READ"):
-                m.next = "COMMIT_SHIFT"   # buf_r.data is buffer[ptr] in the next cycle
+                m.next = "COMMIT_SHIFT"   # buf_rdata is buffer[ptr] in the next cycle
             with m.State("COMMIT_SHIFT"):
-                m.d.sync += [shreg.eq(Cat(shreg[8:], buf_r.data)), ptr.eq(ptr + 1)]
+                m.d.sync += [shreg.eq(Cat(shreg[8:], buf_rdata)), ptr.eq(ptr + 1)]
                 with m.If(unit_end):
                     m.next = "COMMIT_WRITE"
                 with m.Else():

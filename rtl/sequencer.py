@@ -6,6 +6,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .isa import INSTR_BITS, UNIT_OF, ErrorCode, Opcode, Unit, header_layout
+from .memport import read_port
 from .params import ArrayParams
 
 __all__ = ["Dispatcher", "PC_BITS"]
@@ -63,16 +64,15 @@ class Dispatcher(wiring.Component):
         p = self.params
         m.submodules.imem = imem = Memory(shape=INSTR_BITS, depth=p.imem_depth, init=[])
         wp = imem.write_port()
-        rp = imem.read_port()
+        advance = Signal()
+        # The read port holds its data while not enabled, so a stalled instruction stays put.
+        rp, rdata = read_port(m, imem, en=self.start | advance)
         m.d.comb += [wp.en.eq(self.imem_we), wp.addr.eq(self.imem_addr),
                      wp.data.eq(self.imem_data)]
 
         pc = Signal(PC_BITS)
-        head = data.View(header_layout(), rp.data)
-        advance = Signal()
-        m.d.comb += [self.instr.eq(rp.data), self.pc.eq(pc)]
-        # The read port holds its data while not enabled, so a stalled instruction stays put.
-        m.d.comb += rp.en.eq(self.start | advance)
+        head = data.View(header_layout(), rdata)
+        m.d.comb += [self.instr.eq(rdata), self.pc.eq(pc)]
         m.d.comb += rp.addr.eq(pc + advance)
         with m.If(self.start):
             m.d.sync += pc.eq(0)

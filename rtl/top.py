@@ -27,6 +27,7 @@ from amaranth.lib.wiring import In, Out
 from .compute import ComputeUnit
 from .isa import INSTR_BITS, Counter, ErrorCode, Status, Unit
 from .load import ADDR_BITS, LoadUnit
+from .memport import read_port
 from .params import SCALE_POINTS, ArrayParams, scale_point
 from .sequencer import PC_BITS, Dispatcher
 from .store import StoreUnit, write_layout
@@ -133,8 +134,8 @@ class Accelerator(wiring.Component):
         # -- buffers ---------------------------------------------------------------------------
         m.submodules.wbuf = wbuf = Memory(shape=2 * p.row_lanes, depth=p.wbuf_rows, init=[])
         m.submodules.abuf = abuf = Memory(shape=p.port_bits, depth=p.abuf_rows, init=[])
-        wbuf_w, wbuf_r = wbuf.write_port(), wbuf.read_port()
-        abuf_w, abuf_r = abuf.write_port(), abuf.read_port()
+        wbuf_w, (wbuf_r, wbuf_data) = wbuf.write_port(), read_port(m, wbuf)
+        abuf_w, (abuf_r, abuf_data) = abuf.write_port(), read_port(m, abuf)
         if p.acc_in_lanes:
             m.d.comb += store.c_rdata.eq(comp.acc_out)
         else:
@@ -156,8 +157,8 @@ class Accelerator(wiring.Component):
             wbuf_w.data.eq(load.w_data),
             abuf_w.en.eq(load.a_en & run), abuf_w.addr.eq(load.a_addr),
             abuf_w.data.eq(load.a_data),
-            wbuf_r.addr.eq(comp.w_addr), comp.w_data.eq(wbuf_r.data),
-            abuf_r.addr.eq(comp.a_addr), comp.a_data.eq(abuf_r.data),
+            wbuf_r.addr.eq(comp.w_addr), comp.w_data.eq(wbuf_data),
+            abuf_r.addr.eq(comp.a_addr), comp.a_data.eq(abuf_data),
         ]
 
         # -- memory port: requests leave only while running; responses are always taken ---------

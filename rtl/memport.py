@@ -1,0 +1,36 @@
+"""Synchronous read ports that leave read/write collisions to the block RAM.
+
+Amaranth's `Memory.read_port()` promises the old word when the same address is written in the
+same cycle. Block RAMs do not (iCE40 EBR reads are undefined then), so Yosys keeps the promise
+with a bypass: a register for the write data, address and enable, and a mux per bit. That costs
+about a logic cell per bit of every buffer, and no unit here ever reads a word in the cycle it
+is written (a program that does races, and its data is unspecified in the simulator too).
+
+`read_port` builds the same synchronous port from an asynchronous read and a register. Yosys
+merges the two into the block RAM's own read port, and the FPGA flow (`rtl.fpga`) marks every
+memory `no_rw_check`, which Yosys applies where it merges such a register: the bypass goes.
+In simulation the port behaves exactly like `Memory.read_port()`.
+"""
+
+from amaranth.hdl import Signal
+
+__all__ = ["read_port"]
+
+
+def read_port(m, memory, *, en=None, domain: str = "sync"):
+    """A read port of `memory`: drive `.addr`; `data` is the word one cycle later.
+
+    `en`, when given, holds `data` in cycles where it is low. The register has no reset, like a
+    memory's own read register, so a reset of the surrounding module does not clear it.
+    Returns (port, data): the asynchronous port (for its `addr`) and the registered word.
+    """
+    port = memory.read_port(domain="comb")
+    data = Signal(memory.shape, reset_less=True, name=f"{memory.name}_rdata"
+                  if hasattr(memory, "name") and memory.name else None)
+    update = getattr(m.d, domain)
+    if en is None:
+        update += data.eq(port.data)
+    else:
+        with m.If(en):
+            update += data.eq(port.data)
+    return port, data
