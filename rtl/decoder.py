@@ -1,7 +1,8 @@
 """Weight decoders: one memory word of packed trits in, a row of (nz, neg) lane controls out."""
 
-from amaranth.hdl import Cat, Const, Module
+from amaranth.hdl import Cat, Module
 from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .isa import (
@@ -20,6 +21,13 @@ __all__ = ["WeightDecoder", "trit_bits"]
 def trit_bits(t: int) -> int:
     """The 2-bit lane control of a trit as stored in the weight buffer: bit 0 nz, bit 1 neg."""
     return (t != 0) | ((t < 0) << 1)
+
+
+def base3_rows() -> list:
+    """The base-3 ROM: byte -> its 5 trits' lane controls (trit i in bits [2i+1:2i]); 0 past 242."""
+    rows = [sum(trit_bits(t) << (2 * i) for i, t in enumerate(trits))
+            for trits in base3_decode_table()]
+    return rows + [0] * (256 - len(rows))
 
 
 class WeightDecoder(wiring.Component):
@@ -53,18 +61,17 @@ class WeightDecoder(wiring.Component):
         with m.Switch(self.encoding):
             if WeightEncoding.BASE3 in p.encodings:
                 with m.Case(WeightEncoding.BASE3):
-                    table = base3_decode_table()
                     n = TRITS_PER_BYTE[WeightEncoding.BASE3]
                     bad = []
                     for j in range(nbytes):
+                        # A ROM with an asynchronous read: Yosys maps it to logic as a mux tree
+                        # on the byte's bits, about a third of what a 243-way case becomes.
+                        rom = Memory(shape=2 * n, depth=256, init=base3_rows())
+                        m.submodules[f"base3_{j}"] = rom
+                        port = rom.read_port(domain="comb")
                         byte = self.word[8 * j:8 * j + 8]
-                        out = self.trits[2 * n * j:2 * n * (j + 1)]
-                        with m.Switch(byte):
-                            for value, trits in enumerate(table):
-                                with m.Case(value):
-                                    m.d.comb += out.eq(Const(
-                                        sum(trit_bits(t) << (2 * i) for i, t in enumerate(trits)),
-                                        2 * n))
+                        m.d.comb += [port.addr.eq(byte),
+                                     self.trits[2 * n * j:2 * n * (j + 1)].eq(port.data)]
                         bad.append(byte >= BASE3_VALID_BYTES)
                     m.d.comb += self.invalid.eq(Cat(*bad).any())
             if WeightEncoding.CODE2 in p.encodings:

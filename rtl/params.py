@@ -51,7 +51,8 @@ class ArrayParams:
     abuf_rows : activation buffer depth in rows of `port_bytes` int8 values.
     acc_groups : accumulator buffer depth in groups of `token_lanes` tokens x `row_lanes` rows.
     max_k : largest reduction length that provably cannot overflow an accumulator.
-    queue_depth : instructions buffered in front of each of the load, compute and store units.
+    queue_depth : instructions buffered in front of each of the load, compute and store units;
+        0 for none: a unit takes its instruction from the dispatcher, which waits for it.
     token_depth : capacity of each dependency-token queue between units.
     loads_in_flight : LOADs taken by the LOAD unit and not yet retired (all responses back).
     imem_depth : instructions the program memory holds.
@@ -88,7 +89,7 @@ class ArrayParams:
             (self.abuf_rows >= 2, "abuf_rows must be >= 2"),
             (self.acc_groups >= 1, "acc_groups must be >= 1"),
             (self.max_k >= 1, "max_k must be >= 1"),
-            (self.queue_depth >= 1, "queue_depth must be >= 1"),
+            (self.queue_depth >= 0, "queue_depth must be >= 0"),
             (self.token_depth >= 1, "token_depth must be >= 1"),
             (self.loads_in_flight >= 1, "loads_in_flight must be >= 1"),
             (self.imem_depth >= 2, "imem_depth must be >= 2"),
@@ -147,9 +148,9 @@ class ArrayParams:
 SCALE_POINTS = {
     # The iCEBreaker (iCE40 UP5K, 5,280 logic cells): a 32-bit port, 20 rows x 1 token. Sized to
     # fit with its chip top: every accumulator group is a row of flip-flops (too wide for block
-    # RAM), so there is one; queues of one instruction; 32-bit counters.
+    # RAM), so there is one, held in the lanes; no instruction queues; 32-bit counters.
     "tiny": ArrayParams(name="tiny", port_bytes=4, token_lanes=1,
-                        wbuf_rows=256, abuf_rows=256, acc_groups=1, queue_depth=1,
+                        wbuf_rows=256, abuf_rows=256, acc_groups=1, queue_depth=0,
                         loads_in_flight=2, imem_depth=256, counter_bits=32),
     # ULX3S (ECP5-85F): a 256-bit port, 160 rows x 2 tokens = 320 lanes. Two accumulator groups
     # (each 7,360 flip-flops) let STORE drain one while the lanes fill the other.

@@ -33,8 +33,12 @@ class Dispatcher(wiring.Component):
         The accelerator is running; nothing is decoded otherwise.
     dispatch : Out(4)
         One-hot by `Unit`: the decoded instruction goes to that unit's queue this cycle.
+    offer : Out(4)
+        With `queue_depth` 0 (no queues): one-hot by `Unit`, the decoded instruction is that
+        unit's head this cycle; the unit takes it straight from here.
     full : In(3)
-        Per LOAD/COMPUTE/STORE: its queue cannot take an instruction this cycle.
+        Per LOAD/COMPUTE/STORE: its queue cannot take an instruction this cycle (with no
+        queues: the unit does not take the offered instruction).
     drained : In(1)
         Every queue is empty and every unit idle.
     instr, pc : Out
@@ -54,7 +58,8 @@ class Dispatcher(wiring.Component):
             "imem_we": In(1), "imem_addr": In(range(params.imem_depth)),
             "imem_data": In(INSTR_BITS),
             "start": In(1), "run": In(1),
-            "dispatch": Out(len(Unit)), "full": In(3), "drained": In(1),
+            "dispatch": Out(len(Unit)), "offer": Out(len(Unit)), "full": In(3),
+            "drained": In(1),
             "instr": Out(INSTR_BITS), "pc": Out(PC_BITS),
             "halted": Out(1), "stall": Out(1), "error": Out(ErrorCode),
         })
@@ -103,11 +108,23 @@ class Dispatcher(wiring.Component):
                 m.d.comb += self.error.eq(ErrorCode.BAD_DEPENDENCY)
             with m.Elif(unit == Unit.DISPATCH):
                 m.d.comb += self.halted.eq(self.drained)
-            with m.Elif(self.full.bit_select(unit, 1)):
-                m.d.comb += self.stall.eq(1)
-            with m.Elif(pc == p.imem_depth - 1):
-                # Fetching past the last address would wrap: a program must end in HALT.
-                m.d.comb += self.error.eq(ErrorCode.NO_HALT)
-            with m.Else():
-                m.d.comb += [advance.eq(1), self.dispatch.bit_select(unit, 1).eq(1)]
+            if p.queue_depth == 0:
+                # No queues: the unit sees the instruction now and `full` says it did not take
+                # it. So the last address is refused before it is offered.
+                with m.Elif(pc == p.imem_depth - 1):
+                    m.d.comb += self.error.eq(ErrorCode.NO_HALT)
+                with m.Else():
+                    m.d.comb += self.offer.bit_select(unit, 1).eq(1)
+                    with m.If(self.full.bit_select(unit, 1)):
+                        m.d.comb += self.stall.eq(1)
+                    with m.Else():
+                        m.d.comb += [advance.eq(1), self.dispatch.bit_select(unit, 1).eq(1)]
+            else:
+                with m.Elif(self.full.bit_select(unit, 1)):
+                    m.d.comb += self.stall.eq(1)
+                with m.Elif(pc == p.imem_depth - 1):
+                    # Fetching past the last address would wrap: a program must end in HALT.
+                    m.d.comb += self.error.eq(ErrorCode.NO_HALT)
+                with m.Else():
+                    m.d.comb += [advance.eq(1), self.dispatch.bit_select(unit, 1).eq(1)]
         return m

@@ -118,8 +118,17 @@ class Accelerator(wiring.Component):
         units = {Unit.LOAD: load, Unit.COMPUTE: comp, Unit.STORE: store}
 
         # -- instruction queues ----------------------------------------------------------------
+        # With queue_depth 0 a unit takes its instruction straight from the dispatcher, which
+        # holds it until then; `heads` is whether each unit has an instruction to look at.
         full = []
+        heads = {}
         for u, un in units.items():
+            if p.queue_depth == 0:
+                m.d.comb += [un.head_valid.eq(disp.offer[u]), un.head_instr.eq(disp.instr),
+                             un.head_pc.eq(disp.pc)]
+                full.append(~un.take)
+                heads[u] = disp.offer[u]
+                continue
             q = unit(f"queue_{u.name.lower()}", SyncFIFO(width=PC_BITS + INSTR_BITS,
                                                           depth=p.queue_depth))
             m.d.comb += [
@@ -128,7 +137,7 @@ class Accelerator(wiring.Component):
                 un.head_pc.eq(q.r_data[INSTR_BITS:]), q.r_en.eq(un.take),
             ]
             full.append(~q.w_rdy)
-            un.queue = q
+            heads[u] = q.r_rdy
         m.d.comb += disp.full.eq(Cat(*full))
 
         # -- buffers ---------------------------------------------------------------------------
@@ -207,9 +216,9 @@ class Accelerator(wiring.Component):
                 m.d.sync += count.eq(0)
 
         # -- drain, deadlock, status -----------------------------------------------------------
-        idle = [~un.active & ~un.queue.r_rdy for un in units.values()]
+        idle = [~un.active & ~heads[u] for u, un in units.items()]
         m.d.comb += disp.drained.eq(idle[0] & idle[1] & idle[2])
-        stuck_units = [~un.active & (un.blocked | ~un.queue.r_rdy) for un in units.values()]
+        stuck_units = [~un.active & (un.blocked | ~heads[u]) for u, un in units.items()]
         any_blocked = load.blocked | comp.blocked | store.blocked
         halt_waiting = (disp.error == ErrorCode.NONE) & ~disp.halted & \
             (Signal.cast(disp.dispatch) == 0) & ~disp.stall

@@ -7,7 +7,9 @@ arithmetic is one vectorized numpy operation (a float32 matrix product is exact 
 ternary sums below 2^24: REFERENCE.md section 1).
 
 Timing rules (docs/architecture.md, "Cycle timing"), all from `rtl.params`:
-- dispatch: one instruction per cycle into a unit queue, visible to the unit the next cycle;
+- dispatch: one instruction per cycle into a unit queue, visible to the unit the next cycle
+  (with `queue_depth` 0 there are no queues: the unit sees it in the dispatch cycle, and the
+  dispatcher holds it until the unit takes it);
 - a unit issues in a cycle where it is free, its queue has a head and its pops are available;
   tokens pushed at retirement in cycle r are visible from r+1;
 - LOAD (N words, latency L): requests s+1..s+N, the next may issue at s+N, retires at s+N+L;
@@ -412,6 +414,17 @@ class _Run:
         while True:
             self.pops = dict.fromkeys(self.tokens, 0)
             levels = {u: len(q) for u, q in self.queues.items()}
+            # Program memory past the program holds zeros: an illegal opcode.
+            ins = self.program[self.pc] if self.pc < len(self.program) else None
+            offered = None
+            if p.queue_depth == 0 and ins is not None:
+                # No queues: the dispatcher's instruction is its unit's head this cycle, unless
+                # the dispatcher refuses it (bad dependency, the last address).
+                unit = _unit_of(ins)
+                if unit != Unit.DISPATCH and not _bad_dependency(ins, unit) and \
+                        self.pc != p.imem_depth - 1:
+                    self.queues[unit].append((self.pc, ins, c))
+                    offered = unit
             heads = {u: bool(q) for u, q in self.queues.items()}
             load_active = c <= self.gen_busy_end or self._inflight(c) > 0
             comp_active = c <= self.comp_active_until
@@ -426,8 +439,6 @@ class _Run:
 
             # The dispatcher.
             dispatched = halted = stall_d = halt_wait = False
-            # Program memory past the program holds zeros: an illegal opcode.
-            ins = self.program[self.pc] if self.pc < len(self.program) else None
             if ins is None:
                 self._error(c, _PRIO_DISPATCH, ErrorCode.ILLEGAL_OPCODE, self.pc)
             if ins is not None:
@@ -438,6 +449,15 @@ class _Run:
                     drained = all(levels[u] == 0 and not active[u] for u in self.queues)
                     halted = drained
                     halt_wait = not drained
+                elif p.queue_depth == 0:
+                    if self.pc == p.imem_depth - 1:
+                        self._error(c, _PRIO_DISPATCH, ErrorCode.NO_HALT, self.pc)
+                    elif self.queues[offered]:
+                        self.queues[offered].clear()      # not taken: offered again next cycle
+                        stall_d = True
+                    else:
+                        self.pc += 1
+                        dispatched = True
                 elif levels[unit] >= p.queue_depth:
                     stall_d = True
                 elif self.pc == p.imem_depth - 1:

@@ -209,8 +209,9 @@ def error_cases(params: ArrayParams) -> list:
     case("token-overflow",
          [Load(rows=1, length=1, push_next=1) for _ in range(p.token_depth + 1)] + [Halt()],
          ErrorCode.TOKEN_OVERFLOW, p.token_depth)
+    # The dispatcher waits at the HALT, or (no queues) holds the MATMUL itself.
     case("deadlock-pop-nothing", [MatMul(pop_prev=1, k_len=1, tokens=1, n_rows=1), Halt()],
-         ErrorCode.DEADLOCK, 1)
+         ErrorCode.DEADLOCK, 1 if p.queue_depth else 0)
     case("deadlock-queue-full",
          [Load(pop_next=1, rows=1, length=1) for _ in range(p.queue_depth + 1)] + [Halt()],
          ErrorCode.DEADLOCK, p.queue_depth)
