@@ -147,6 +147,13 @@ class ComputeUnit(wiring.Component):
                     m.d.sync += [k.eq(k + 1), bytepos.eq(bytepos + p.token_lanes)]
 
         groups = (head.tokens + p.token_lanes - 1) >> lt_shift
+        # Rows r < n_rows, as a table on n_rows' low bits (an issued MATMUL has n_rows <=
+        # row_lanes): 20 comparators of the 12-bit field would each be a carry chain.
+        row_mask_of = Signal(p.row_lanes)
+        with m.Switch(head.n_rows[:p.row_lanes.bit_length()]):
+            for n in range(1, p.row_lanes + 1):
+                with m.Case(n):
+                    m.d.comb += row_mask_of.eq((1 << n) - 1)
         tokens_ok = (~head.pop_prev | self.tok_prev) & (~head.pop_next | self.tok_next)
         # The next MATMUL may issue in the final stage-0 cycle of this one: no bubble.
         # (Written after stage 0 so its register updates win.)
@@ -170,7 +177,7 @@ class ComputeUnit(wiring.Component):
                     accumulate.eq(head.accumulate), push_prev.eq(head.push_prev),
                     push_next.eq(head.push_next), k.eq(0), g.eq(0), bytepos.eq(0),
                     span.eq((((head.k_len - 1) << lt_shift) >> port_shift) + 1),
-                    row_mask.eq(Cat(*[r < head.n_rows for r in range(p.row_lanes)])),
+                    row_mask.eq(row_mask_of),
                 ]
 
 

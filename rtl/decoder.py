@@ -13,6 +13,7 @@ from .isa import (
     WeightEncoding,
     base3_decode_table,
 )
+from .memport import read_port
 from .params import ArrayParams
 
 __all__ = ["WeightDecoder", "trit_bits"]
@@ -24,10 +25,12 @@ def trit_bits(t: int) -> int:
 
 
 def base3_rows() -> list:
-    """The base-3 ROM: byte -> its 5 trits' lane controls (trit i in bits [2i+1:2i]); 0 past 242."""
+    """The base-3 ROM: byte -> its 5 trits' lane controls (trit i in bits [2i+1:2i]), and bit 10
+    set for the invalid bytes 243..255 (whose trits read 0)."""
     rows = [sum(trit_bits(t) << (2 * i) for i, t in enumerate(trits))
             for trits in base3_decode_table()]
-    return rows + [0] * (256 - len(rows))
+    n = TRITS_PER_BYTE[WeightEncoding.BASE3]
+    return rows + [1 << (2 * n)] * (256 - BASE3_VALID_BYTES)
 
 
 class WeightDecoder(wiring.Component):
@@ -39,6 +42,9 @@ class WeightDecoder(wiring.Component):
     Members
     -------
     word : In(port_bits)
+    next_word : In(port_bits) (only with `ArrayParams.registered_decode`)
+        The word that will be `word` in the next cycle: the base-3 tables are block RAM and
+        are read one cycle ahead.
     encoding : In(WeightEncoding)
     trits : Out(2 * row_lanes)
         Lane l's control in bits [2l+1:2l]: bit 0 nonzero, bit 1 negative.
@@ -49,7 +55,9 @@ class WeightDecoder(wiring.Component):
 
     def __init__(self, params: ArrayParams):
         self.params = params
+        members = {"next_word": In(params.port_bits)} if params.registered_decode else {}
         super().__init__({
+            **members,
             "word": In(params.port_bits), "encoding": In(WeightEncoding),
             "trits": Out(2 * params.row_lanes), "invalid": Out(1),
         })
@@ -58,22 +66,30 @@ class WeightDecoder(wiring.Component):
         m = Module()
         p = self.params
         nbytes = p.port_bytes
+        n = TRITS_PER_BYTE[WeightEncoding.BASE3]
+        rows = []       # per byte: its base-3 trits, then an invalid bit
+        if WeightEncoding.BASE3 in p.encodings:
+            for j in range(nbytes):
+                # A ROM per byte. Read asynchronously, Yosys makes it a mux tree on the byte's
+                # bits, about a third of what a 243-way case becomes; registered, it is one
+                # block RAM. (Outside the encoding switch: a registered read looks up the next
+                # word, whose encoding is not known yet.)
+                rom = Memory(shape=2 * n + 1, depth=256, init=base3_rows())
+                m.submodules[f"base3_{j}"] = rom
+                if p.registered_decode:
+                    port, row = read_port(m, rom)
+                    m.d.comb += port.addr.eq(self.next_word[8 * j:8 * j + 8])
+                else:
+                    port = rom.read_port(domain="comb")
+                    row = port.data
+                    m.d.comb += port.addr.eq(self.word[8 * j:8 * j + 8])
+                rows.append(row)
         with m.Switch(self.encoding):
             if WeightEncoding.BASE3 in p.encodings:
                 with m.Case(WeightEncoding.BASE3):
-                    n = TRITS_PER_BYTE[WeightEncoding.BASE3]
-                    bad = []
-                    for j in range(nbytes):
-                        # A ROM with an asynchronous read: Yosys maps it to logic as a mux tree
-                        # on the byte's bits, about a third of what a 243-way case becomes.
-                        rom = Memory(shape=2 * n, depth=256, init=base3_rows())
-                        m.submodules[f"base3_{j}"] = rom
-                        port = rom.read_port(domain="comb")
-                        byte = self.word[8 * j:8 * j + 8]
-                        m.d.comb += [port.addr.eq(byte),
-                                     self.trits[2 * n * j:2 * n * (j + 1)].eq(port.data)]
-                        bad.append(byte >= BASE3_VALID_BYTES)
-                    m.d.comb += self.invalid.eq(Cat(*bad).any())
+                    for j, row in enumerate(rows):
+                        m.d.comb += self.trits[2 * n * j:2 * n * (j + 1)].eq(row[:2 * n])
+                    m.d.comb += self.invalid.eq(Cat(*[row[2 * n] for row in rows]).any())
             if WeightEncoding.CODE2 in p.encodings:
                 with m.Case(WeightEncoding.CODE2):
                     bad = []

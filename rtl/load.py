@@ -166,23 +166,31 @@ class LoadUnit(wiring.Component):
                 ]
 
         # -- response side ---------------------------------------------------------------------
+        # With a registered decoder the response side works on the response of the previous
+        # cycle, while the decoder's tables look up the one arriving now.
+        m.submodules.decoder = decoder = WeightDecoder(p)
+        m.d.comb += self.rd_resp.ready.eq(1)
+        if p.registered_decode:
+            resp_valid = Signal()
+            resp = Signal(p.port_bits)
+            m.d.sync += [resp_valid.eq(self.rd_resp.valid), resp.eq(self.rd_resp.payload)]
+            m.d.comb += decoder.next_word.eq(self.rd_resp.payload)
+        else:
+            resp_valid, resp = self.rd_resp.valid, self.rd_resp.payload
         cur = data.View(desc_lay, inflight.r_data)
         offset = Signal(range(p.wbuf_rows + p.abuf_rows + 1))
         rword = Signal.like(head.length)
         rrow = Signal.like(head.rows)
-        m.submodules.decoder = decoder = WeightDecoder(p)
-        m.d.comb += [decoder.word.eq(self.rd_resp.payload), decoder.encoding.eq(cur.encoding)]
-        m.d.comb += self.rd_resp.ready.eq(1)
+        m.d.comb += [decoder.word.eq(resp), decoder.encoding.eq(cur.encoding)]
         last = (rword == cur.length - 1) & (rrow == cur.rows - 1)
-        with m.If(self.rd_resp.valid & inflight.r_rdy):
+        with m.If(resp_valid & inflight.r_rdy):
             addr = cur.sram + offset
             with m.If((cur.buffer == Buffer.WEIGHT) & decoder.invalid):
                 m.d.comb += [resp_error.eq(ErrorCode.BAD_WEIGHT), resp_error_pc.eq(cur.pc)]
             with m.Elif(cur.buffer == Buffer.WEIGHT):
                 m.d.comb += [self.w_en.eq(1), self.w_addr.eq(addr), self.w_data.eq(decoder.trits)]
             with m.Else():
-                m.d.comb += [self.a_en.eq(1), self.a_addr.eq(addr),
-                             self.a_data.eq(self.rd_resp.payload)]
+                m.d.comb += [self.a_en.eq(1), self.a_addr.eq(addr), self.a_data.eq(resp)]
             with m.If(last):
                 m.d.sync += [offset.eq(0), rword.eq(0), rrow.eq(0)]
                 m.d.comb += [inflight.r_en.eq(1), self.retire.eq(1), self.retire_pc.eq(cur.pc),

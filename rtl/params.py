@@ -58,6 +58,9 @@ class ArrayParams:
     imem_depth : instructions the program memory holds.
     encodings : weight encodings the decoder implements (`rtl.isa.WeightEncoding` values).
     counter_bits : width of each performance counter; counters wrap around.
+    registered_decode : the weight decoder's base-3 tables are block RAM, read in the cycle a
+        response arrives: the LOAD response side runs one cycle behind the port (a LOAD retires
+        one cycle later). Without it they are logic, about 140 iCE40 cells per port byte.
     mem : timing of the external memory port.
     """
 
@@ -74,6 +77,7 @@ class ArrayParams:
     imem_depth: int = 1024
     encodings: tuple = tuple(WeightEncoding)
     counter_bits: int = COUNTER_BITS
+    registered_decode: bool = False
     mem: MemTiming = field(default_factory=MemTiming)
 
     def __post_init__(self):
@@ -151,7 +155,8 @@ SCALE_POINTS = {
     # RAM), so there is one, held in the lanes; no instruction queues; 32-bit counters.
     "tiny": ArrayParams(name="tiny", port_bytes=4, token_lanes=1,
                         wbuf_rows=256, abuf_rows=256, acc_groups=1, queue_depth=0,
-                        loads_in_flight=2, imem_depth=256, counter_bits=32),
+                        loads_in_flight=2, imem_depth=256, counter_bits=32,
+                        registered_decode=True),
     # ULX3S (ECP5-85F): a 256-bit port, 160 rows x 2 tokens = 320 lanes. Two accumulator groups
     # (each 7,360 flip-flops) let STORE drain one while the lanes fill the other.
     "ecp5": ArrayParams(name="ecp5", port_bytes=32, token_lanes=2,

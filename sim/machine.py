@@ -12,7 +12,8 @@ Timing rules (docs/architecture.md, "Cycle timing"), all from `rtl.params`:
   dispatcher holds it until the unit takes it);
 - a unit issues in a cycle where it is free, its queue has a head and its pops are available;
   tokens pushed at retirement in cycle r are visible from r+1;
-- LOAD (N words, latency L): requests s+1..s+N, the next may issue at s+N, retires at s+N+L;
+- LOAD (N words, latency L): requests s+1..s+N, the next may issue at s+N, retires at s+N+L
+  (s+N+L+1 with `registered_decode`);
 - MATMUL (G token groups): reads s+1..s+G*k_len, the next may issue at s+G*k_len,
   retires at s+G*k_len+1;
 - STORE: writes s+1..s+tokens*words, retires at the last write, where the next may issue;
@@ -232,6 +233,9 @@ class _Run:
         rows = min(ins.rows, fit)
         n = rows * ins.length
         lat = p.mem.read_latency
+        # Responses are written (and checked) `resp` cycles after their request: the port's
+        # latency, and one more with a registered decoder.
+        resp = lat + int(p.registered_decode)
         if rows < ins.rows:
             self._error(c + 1 + rows * ins.length, _PRIO_LOAD_REQ, ErrorCode.BAD_ADDRESS, pc)
         self.read_spans.append((c + 1 + lat, n))
@@ -246,7 +250,7 @@ class _Run:
             trits, bad = hit[:2] if hit else self._decode(data, WeightEncoding(ins.encoding))
             if bad.any():
                 first = int(np.argmax(bad))
-                self._error(c + 1 + first + lat, _PRIO_LOAD_RESP, ErrorCode.BAD_WEIGHT, pc)
+                self._error(c + 1 + first + resp, _PRIO_LOAD_RESP, ErrorCode.BAD_WEIGHT, pc)
             zeros = hit[2] if hit else (trits == 0).sum(axis=1)
             if self.cache and key and not hit:
                 self.cache.put(key, ins.encoding, trits, bad, zeros)
@@ -263,8 +267,8 @@ class _Run:
         # A refused row keeps the request side busy until the error cycle.
         self.gen_busy_end = c + n + (rows < ins.rows)
         if rows == ins.rows:
-            self.inflight.append((c, c + n + lat))
-            self._schedule_retire(c + n + lat, Unit.LOAD, pc, {"l2c": ins.push_next})
+            self.inflight.append((c, c + n + resp))
+            self._schedule_retire(c + n + resp, Unit.LOAD, pc, {"l2c": ins.push_next})
         return True, False, False
 
     def _decode(self, words: np.ndarray, enc: WeightEncoding):
