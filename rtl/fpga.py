@@ -4,8 +4,8 @@
                        [--top MODULE:FACTORY] [--results docs/results.md] [--force] [--json]
 
 Each board gets a wrapper (`BoardTop`): a PLL from the board's oscillator to the chip's `clk_hz`
-(parameters found by `ice40_pll` / `ecp5_pll`, exact or refused), a reset held until the PLL
-locks, the design, and the board's UART pins and LEDs. Amaranth's platform for the board
+(parameters found by `ice40_pll` / `ecp5_pll`, exact or refused; no PLL when `clk_hz` is the
+oscillator's), a reset held until the PLL locks, the design, and the board's UART pins and LEDs. Amaranth's platform for the board
 (amaranth-boards) renders the build: RTLIL, Yosys script, pin and clock constraints and the
 tool command lines. This module runs those command lines one at a time inside the build
 directory (YoWASP tools cannot open some absolute host paths), timing each, with the YoWASP
@@ -255,6 +255,9 @@ class BoardTop(Elaboratable):
         self.board = board
         self.design = design
         self.clk_hz = clk_hz
+        if clk_hz == self._osc_hz(board):
+            self.pll = None         # the oscillator clocks the design directly
+            return
         self.pll = PLL_SEARCH[board.pll](self._osc_hz(board), clk_hz)
         made = pll_output(board.pll, self.pll.params, self.pll.f_in)
         if made != clk_hz:
@@ -273,7 +276,10 @@ class BoardTop(Elaboratable):
         m = Module()
         clk, lock = Signal(), Signal()
         osc = platform.request(self.board.osc, dir="-")
-        if self.board.pll == "ice40":
+        if self.pll is None:
+            m.submodules.osc_buf = osc_buf = io.Buffer("i", osc)
+            m.d.comb += [clk.eq(osc_buf.i), lock.eq(1)]
+        elif self.board.pll == "ice40":
             # The oscillator's pin is the PLL's own pad, so the PAD variant takes it directly.
             m.submodules.pll = Instance(
                 "SB_PLL40_PAD", i_PACKAGEPIN=osc.io, i_RESETB=1, i_BYPASS=0,
@@ -599,8 +605,9 @@ def build(board_name: str, design: Design, out: Path, *, force: bool = False,
         "family": family, "design": design.name, "scale_point": design.array.name,
         "lanes": design.array.lanes, "rows": design.array.row_lanes,
         "token_lanes": design.array.token_lanes, "clk_hz": design.chip.clk_hz,
-        "pll": {"f_in_hz": top.pll.f_in, "f_out_hz": top.pll.f_out,
-                "f_vco_hz": int(top.pll.f_vco), "params": top.pll.params},
+        "pll": None if top.pll is None else {
+            "f_in_hz": top.pll.f_in, "f_out_hz": top.pll.f_out,
+            "f_vco_hz": int(top.pll.f_vco), "params": top.pll.params},
         "date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": _versions(),
         "design_hash": digest, "build_dir": _rel(build_dir), "cached": False,
         "steps_s": {"elaborate": round(time.monotonic() - t0, 1)},
