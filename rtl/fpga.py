@@ -5,11 +5,12 @@
 
 Each board gets a wrapper (`BoardTop`): a PLL from the board's oscillator to the chip's `clk_hz`
 (parameters found by `ice40_pll` / `ecp5_pll`, exact or refused; no PLL when `clk_hz` is the
-oscillator's), a reset held until the PLL locks, the design, and the board's UART pins and LEDs. Amaranth's platform for the board
-(amaranth-boards) renders the build: RTLIL, Yosys script, pin and clock constraints and the
-tool command lines. This module runs those command lines one at a time inside the build
-directory (YoWASP tools cannot open some absolute host paths), timing each, with the YoWASP
-Yosys and nextpnr from the venv, and writes `<out>/<board>/report.json`.
+oscillator's), a reset held until the PLL locks, the design, and the board's UART pins and
+LEDs. Amaranth's platform for the board (amaranth-boards) renders the build: RTLIL, Yosys
+script, pin and clock constraints and the tool command lines. This module runs those command
+lines one at a time inside the build directory (YoWASP tools cannot open some absolute host
+paths), timing each, with the YoWASP Yosys and nextpnr from the venv, and writes
+`<out>/<board>/report.json`.
 
 A build fails, with a one-line error and a non-zero exit, when the design does not fit the
 device, misses timing at `clk_hz`, or uses any DSP block (the datapath has no multiplier). A
