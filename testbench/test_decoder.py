@@ -9,6 +9,7 @@ import time
 import pytest
 
 from rtl.decoder import WeightDecoder
+from rtl.params import scale_point
 from rtl.tests.test_units_amaranth import DECODER_PARAMS, check_decoder_outputs, decoder_vectors
 
 from .verilator import build, run_cocotb
@@ -17,22 +18,29 @@ TOPLEVEL = "weight_decoder"
 SEEDS = range(1, 4)
 
 
-@pytest.fixture(scope="module")
-def decoder():
-    """Build WeightDecoder(DECODER_PARAMS) with Verilator once for this module."""
+#: The combinational decoder, and the tiny scale point's registered one (base-3 tables in block
+#: RAM, read a cycle ahead).
+PARAMS = {"comb": DECODER_PARAMS, "registered": scale_point("tiny")}
+
+
+@pytest.fixture(scope="module", params=list(PARAMS))
+def decoder(request):
+    """Build WeightDecoder for each of `PARAMS` with Verilator once for this module."""
+    params = PARAMS[request.param]
+    assert params.registered_decode == (request.param == "registered")
     t = time.monotonic()
-    runner, bdir = build(WeightDecoder(DECODER_PARAMS), f"decoder-{DECODER_PARAMS.name}",
-                         toplevel=TOPLEVEL)
-    print(f"\nWeightDecoder({DECODER_PARAMS.port_bytes} bytes) Verilator build: "
+    runner, bdir = build(WeightDecoder(params), f"decoder-{params.name}", toplevel=TOPLEVEL)
+    print(f"\nWeightDecoder({params.port_bytes} bytes, {request.param}) Verilator build: "
           f"{time.monotonic() - t:.1f} s")
-    return runner, bdir
+    return params, runner, bdir
 
 
 def run_decoder(decoder, vectors) -> list:
     """Apply (label, encoding, word, _) vectors; return [(trits, invalid)]."""
-    runner, bdir = decoder
+    params, runner, bdir = decoder
     out = run_cocotb(runner, bdir, "testbench.decoder_cocotb", TOPLEVEL,
-                     {"vectors": [[int(enc), f"{word:x}"] for _, enc, word, _ in vectors]})
+                     {"registered": params.registered_decode,
+                      "vectors": [[int(enc), f"{word:x}"] for _, enc, word, _ in vectors]})
     return [(int(t, 16), i) for t, i in zip(out["trits"], out["invalid"])]
 
 
@@ -41,7 +49,9 @@ def test_decoder_vectors(decoder, seed):
     # Random valid words of both encodings, all 256 values of every byte position in both
     # (every valid base-3 byte decodes, 243..255 and any 0b11 code are invalid), several bad
     # bytes at once, and the reserved encodings 2 and 3.
+    params = decoder[0]
     t = time.monotonic()
-    vectors = decoder_vectors(seed, DECODER_PARAMS, n_random=200)
-    check_decoder_outputs(DECODER_PARAMS, vectors, run_decoder(decoder, vectors), seed)
-    print(f"decoder seed={seed}: {len(vectors)} vectors in {time.monotonic() - t:.2f} s")
+    vectors = decoder_vectors(seed, params, n_random=200)
+    check_decoder_outputs(params, vectors, run_decoder(decoder, vectors), seed)
+    print(f"decoder {params.name} seed={seed}: {len(vectors)} vectors in "
+          f"{time.monotonic() - t:.2f} s")
