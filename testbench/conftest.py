@@ -12,8 +12,10 @@ import pytest
 from rtl.params import ArrayParams, MemTiming, scale_point
 
 #: Whole-accelerator configurations under test: the `tiny` scale point (one token lane, one
-#: accumulator group, queues of one), and a second shape with two token lanes, several groups,
-#: a wider port, a short latency and small queues to stress back-pressure inside.
+#: accumulator group held in the lanes, no instruction queues, base-3 decoded from block RAM),
+#: and a second shape with two token lanes, an accumulator buffer of several groups, queues, a
+#: combinational decoder, a wider port, a short latency and small queues to stress
+#: back-pressure inside.
 CONFIGS = {
     "tiny": scale_point("tiny"),
     "lanes2": ArrayParams(name="lanes2", port_bytes=8, token_lanes=2, wbuf_rows=96,
