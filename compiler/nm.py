@@ -88,7 +88,7 @@ from sim.host import HostError, HostModel
 
 from .checkpoint import CONFIG_FILE, SINGLE_FILE, Checkpoint, CheckpointError, Projection
 from .lower import Progress
-from .synth import _Spec, _write_file
+from .synth import TensorSpec, write_streaming
 
 __all__ = [
     "M", "OUTLIER_FACTOR", "NMError", "Encoded", "Sparse", "allocate", "calibrate",
@@ -574,15 +574,15 @@ def _write(ckpt: Checkpoint, model_dir: Path, out: Path, encoded: dict[str, Enco
         for name in ckpt.names():
             if name in encoded:
                 enc = encoded[name]
-                specs.append(_Spec(name, "F32", enc.values.shape,
+                specs.append(TensorSpec(name, "F32", enc.values.shape,
                                    lambda enc=enc: iter((enc.materialize(),))))
             else:
                 dtype, shape, _ = ckpt.info(name)
-                specs.append(_Spec(name, dtype, shape,
+                specs.append(TensorSpec(name, dtype, shape,
                                    lambda name=name: iter((ckpt.read(name),))))
         if progress:
             sys.stderr.write(f"writing {out / SINGLE_FILE}\r")
-        _write_file(tmp / SINGLE_FILE, specs, {"format": "pt", "nm": summary["nm"]})
+        write_streaming(tmp / SINGLE_FILE, specs, {"format": "pt", "nm": summary["nm"]})
         (tmp / NM_FILE).write_text(json.dumps(summary, indent=1) + "\n")
         Checkpoint(tmp)                      # the structure checks of every reader
         _commit(tmp, out)

@@ -47,7 +47,8 @@ from compiler.checkpoint import (
 )
 from sim.golden import absmean_ternarize, hf_pack
 
-__all__ = ["SHAPES", "LATENT_LIMIT", "make_checkpoint", "write_safetensors"]
+__all__ = ["SHAPES", "LATENT_LIMIT", "TensorSpec", "make_checkpoint", "write_safetensors",
+           "write_streaming"]
 
 SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=160, num_layers=2, num_heads=4,
@@ -77,7 +78,7 @@ _VALID_BYTE = (np.where(_CODES == 3, 1, _CODES) << (2 * np.arange(4))).sum(axis=
 
 
 @dataclass(frozen=True)
-class _Spec:
+class TensorSpec:
     """One tensor to write: its name, safetensors dtype, shape and a generator of its data."""
 
     name: str
@@ -90,7 +91,7 @@ class _Spec:
         return DTYPES[self.dtype].itemsize * math.prod(self.shape)
 
 
-def _write_file(path: Path, specs: list[_Spec], metadata: Mapping[str, str] | None) -> int:
+def write_streaming(path: Path, specs: list[TensorSpec], metadata: Mapping[str, str] | None) -> int:
     """Write one safetensors file streaming; returns the size of its data section."""
     header: dict = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
@@ -128,8 +129,8 @@ def write_safetensors(path: Path, tensors: Mapping[str, np.ndarray],
         dtype = _SAFETENSORS_DTYPE.get(a.dtype)
         if dtype is None:
             raise ValueError(f"tensor {name!r}: dtype {a.dtype} has no safetensors spelling")
-        specs.append(_Spec(name, dtype, a.shape, lambda a=a: iter((a,))))
-    _write_file(Path(path), specs, metadata)
+        specs.append(TensorSpec(name, dtype, a.shape, lambda a=a: iter((a,))))
+    write_streaming(Path(path), specs, metadata)
 
 
 # -- the model's tensors --------------------------------------------------------------------------
@@ -177,7 +178,7 @@ class _Model:
             else 1.0
         return residual / math.sqrt(k)
 
-    def specs(self) -> list[_Spec]:
+    def specs(self) -> list[TensorSpec]:
         d, ff, vocab = self.d["hidden_size"], self.d["intermediate_size"], self.d["vocab_size"]
         specs = [self._float("model.embed_tokens.weight", (vocab, d), 1 / math.sqrt(d))]
         for i in range(self.d["num_layers"]):
@@ -195,16 +196,16 @@ class _Model:
             specs.append(self._float("lm_head.weight", (vocab, d), 1 / math.sqrt(d)))
         return specs
 
-    def _float(self, name: str, shape: tuple, std: float) -> _Spec:
-        return _Spec(name, self.st_dtype, shape,
+    def _float(self, name: str, shape: tuple, std: float) -> TensorSpec:
+        return TensorSpec(name, self.st_dtype, shape,
                      lambda: _normal(self.seed, name, shape, std, self.np_dtype))
 
-    def _norm(self, name: str, size: int) -> _Spec:
+    def _norm(self, name: str, size: int) -> TensorSpec:
         def gen():
             yield _rng(self.seed, name).uniform(0.75, 1.25, size).astype(self.np_dtype)
-        return _Spec(name, self.st_dtype, (size,), gen)
+        return TensorSpec(name, self.st_dtype, (size,), gen)
 
-    def _projection(self, name: str, kind: str) -> list[_Spec]:
+    def _projection(self, name: str, kind: str) -> list[TensorSpec]:
         shape, std = self.shape(kind), self.std(kind)
         if not self.packed:
             return [self._float(name, shape, std)]
@@ -231,8 +232,8 @@ class _Model:
             stored = gamma if self.linear_class == "autobitlinear" else np.float32(1) / gamma
             yield np.array([stored], dtype=np.float32).astype(self.np_dtype)
 
-        return [_Spec(name, "U8", (n // 4, k), weight),
-                _Spec(name + "_scale", self.st_dtype, (1,), scale)]
+        return [TensorSpec(name, "U8", (n // 4, k), weight),
+                TensorSpec(name + "_scale", self.st_dtype, (1,), scale)]
 
     def direct_gamma(self, kind: str) -> np.float32:
         """The fixed gamma of directly drawn codes: absmean of N(0, std^2), rounded to bf16."""
@@ -292,10 +293,10 @@ def _dims(shape: str | dict) -> tuple[dict, bool]:
     return dict(shape), shape == SHAPES["2b4t"]
 
 
-def _split(specs: list[_Spec], shards: int) -> list[list[_Spec]]:
+def _split(specs: list[TensorSpec], shards: int) -> list[list[TensorSpec]]:
     """Cut `specs` in order into `shards` non-empty groups of roughly equal bytes."""
     target = sum(s.nbytes for s in specs) / shards
-    groups: list[list[_Spec]] = [[]]
+    groups: list[list[TensorSpec]] = [[]]
     done = 0
     for j, s in enumerate(specs):
         free_shards = shards - len(groups)
@@ -357,12 +358,12 @@ def make_checkpoint(out_dir: Path, shape: str | dict = "tiny", *, packed: bool =
     (out_dir / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
     meta = {"format": "pt"}
     if shards == 1:
-        _write_file(out_dir / SINGLE_FILE, specs, meta)
+        write_streaming(out_dir / SINGLE_FILE, specs, meta)
         return out_dir
     weight_map, total = {}, 0
     for i, group in enumerate(_split(specs, shards)):
         file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        total += _write_file(out_dir / file, group, meta)
+        total += write_streaming(out_dir / file, group, meta)
         weight_map.update((s.name, file) for s in group)
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")

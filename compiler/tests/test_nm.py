@@ -307,7 +307,7 @@ def test_prune_replaces_an_earlier_output_and_leaves_nothing_on_failure(dense, t
     def broken(*args, **kw):
         raise OSError("disk full")
 
-    monkeypatch.setattr(nm, "_write_file", broken)
+    monkeypatch.setattr(nm, "write_streaming", broken)
     with pytest.raises(OSError, match="disk full"):
         nm.prune(dense, tmp_path / "new", 4, CALIB)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]

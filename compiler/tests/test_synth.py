@@ -124,7 +124,7 @@ def test_direct_codes_use_the_fixed_gamma(tmp_path):
 def test_config_of_2b4t(tmp_path, spelling, monkeypatch):
     # only the config: writing the 1.2 GB of weights is measured by hand, not in the suite
     import compiler.synth as synth
-    monkeypatch.setattr(synth, "_write_file", lambda path, specs, meta: 0)
+    monkeypatch.setattr(synth, "write_streaming", lambda path, specs, meta: 0)
     cfg = read_config(make_checkpoint(tmp_path / "m", "2b4t", config_spelling=spelling))
     assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_layers) == (2560, 6912, 30)
     assert (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size) == (20, 5, 128, 128256)
