@@ -26,10 +26,8 @@ import numpy as np
 from compiler.artifact import Artifact, ArtifactError, LayerEntry
 from compiler.tiling import (
     Plan,
-    pack_activation_image,
     plan_projection,
     unpack_results,
-    unpack_weight_image,
 )
 from rtl.isa import INSTR_BITS, Counter, ErrorCode, Status
 from rtl.params import CHIPS
@@ -54,8 +52,8 @@ from rtl.protocol import (
     unpack_fields,
 )
 
-from .backend import Job, MemoryImage
-from .golden import ternary_matmul
+from .backend import Job
+from .run import golden_exact, layer_job
 
 __all__ = ["Link", "SerialLink", "BoardClient", "BoardError", "LinkTimeoutError", "RefusedError",
            "DeviceError", "ArtifactMismatchError", "check_artifact", "place_projection",
@@ -371,16 +369,14 @@ def run_projection(client: BoardClient, art: Artifact, layer: LayerEntry,
     t0 = time.monotonic()
     plan: Plan
     plan, program, w_base = place_projection(art, layer, x_q.shape[0], ident["mem_words"])
-    mem = MemoryImage(art.params.port_bytes)
-    mem.add(w_base, art.layer_weights(layer))
-    mem.add(plan.x_base, pack_activation_image(plan, x_q))
-    status, (y_image,) = client.run_job(Job(program, mem), [(plan.y_base, plan.y_words)],
+    job = layer_job(art, plan, program, x_q, art.layer_weights(layer), w_base)
+    status, (y_image,) = client.run_job(job, [(plan.y_base, plan.y_words)],
                                         where=f"{layer.name}: ")
     y = unpack_results(plan, y_image)
-    w_t = unpack_weight_image(plan, art.layer_weights(layer))
-    exact = bool(np.array_equal(y, ternary_matmul(x_q, w_t)))
+    exact = golden_exact(art, layer, plan, x_q, y)
     cycles = status["counters"][Counter.CYCLES.name]
-    moved = sum(w.size for w in mem.regions.values()) + y_image.size + len(program) * INSTR_BYTES
+    moved = (sum(w.size for w in job.memory.regions.values()) + y_image.size
+             + len(program) * INSTR_BYTES)
     return y, BoardReport(layer.name, layer.n, layer.k, x_q.shape[0], cycles,
                           1e6 * cycles / ident["clk_hz"], moved, time.monotonic() - t0, exact)
 

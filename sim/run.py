@@ -77,23 +77,33 @@ def make_backend(name: str, params):
     raise ValueError(f"unknown backend {name!r}")
 
 
+def layer_job(art: Artifact, plan, program: list, x_q: np.ndarray, weights: np.ndarray,
+              w_base: int = 0) -> Job:
+    """The job for one projection: `weights` (word image) at `w_base`, `x_q` packed at the
+    plan's activation base."""
+    mem = MemoryImage(art.params.port_bytes)
+    mem.add(w_base, weights)
+    mem.add(plan.x_base, pack_activation_image(plan, x_q))
+    return Job(program, mem)
+
+
+def golden_exact(art: Artifact, layer: LayerEntry, plan, x_q: np.ndarray, y: np.ndarray) -> bool:
+    """Whether `y` equals the golden product of `x_q` and the projection's stored weights."""
+    w_t = unpack_weight_image(plan, art.layer_weights(layer))
+    return bool(np.array_equal(y, ternary_matmul(x_q, w_t)))
+
+
 def run_layer(art: Artifact, layer: LayerEntry, x_q: np.ndarray, backend,
               check: bool = False) -> tuple:
     """Run one projection on `x_q` (tokens, k) int8; return (int32 results, LayerReport)."""
     p = art.params
     plan, program = art.program(layer, x_q.shape[0])
-    mem = MemoryImage(p.port_bytes)
-    mem.add(0, art.weights)
-    mem.add(plan.x_base, pack_activation_image(plan, x_q))
-    result = backend.run([Job(program, mem)])[0]
+    result = backend.run([layer_job(art, plan, program, x_q, art.weights)])[0]
     if result.status != Status.DONE:
         raise RunError(f"{layer.name}: the accelerator stopped with {result.status.name} "
                        f"{result.error.name} at pc {result.error_pc}")
     y = unpack_results(plan, result.region(plan.y_base, plan.y_words))
-    exact = None
-    if check:
-        w_t = unpack_weight_image(plan, art.layer_weights(layer))
-        exact = bool(np.array_equal(y, ternary_matmul(x_q, w_t)))
+    exact = golden_exact(art, layer, plan, x_q, y) if check else None
     ctr = result.counters
     rep = LayerReport(layer.name, layer.n, layer.k, x_q.shape[0], ctr[Counter.CYCLES.name],
                       ctr[Counter.BUSY_LANE_CYCLES.name], ctr[Counter.SKIPPED_ZERO.name],
