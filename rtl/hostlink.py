@@ -188,9 +188,13 @@ class HostLink(wiring.Component):
         read_units = hdr[8 * ADDR_BYTES:]
         access_units = Mux(is_read, read_units, units)
         limit = Mux(is_imem, a.imem_depth, chip.mem_words)
-        end = Signal(8 * ADDR_BYTES + 1)
-        m.d.comb += end.eq(hdr[:8 * ADDR_BYTES] + access_units)
-        range_ok = end <= limit
+        # The access ends within `limit` words. Only addresses below the larger memory can, so
+        # the sum needs only that many bits (plus the count's) once the top bits are zero.
+        abits = max(chip.mem_words, a.imem_depth).bit_length()
+        start = hdr[:8 * ADDR_BYTES]
+        end = Signal(max(abits, 8 * COUNT_BYTES) + 1)
+        m.d.comb += end.eq(start[:abits] + access_units)
+        range_ok = (start[abits:] == 0) & (end <= limit)
         data_bytes = length - ADDR_BYTES
         unit_end = Mux(is_imem, ptr[:_log2(INSTR_BYTES)] == INSTR_BYTES - 1,
                        ptr[:_log2(P)] == P - 1)

@@ -90,6 +90,12 @@ def _bad_frames() -> list:
          (), LinkError.BAD_ADDRESS, 2),
         ("read_past_end", encode_frame(Command.READ_MEM, _addr(mw) + (1).to_bytes(2, "little")),
          (), LinkError.BAD_ADDRESS, 3),
+        # Valid low bits under a high one: the range check must see all 32 address bits.
+        ("read_high_address", encode_frame(Command.READ_MEM, _addr(1 << 20)
+                                           + (1).to_bytes(2, "little")),
+         (), LinkError.BAD_ADDRESS, 3),
+        ("imem_high_address", encode_frame(Command.WRITE_IMEM, _addr(1 << 31) + bytes(16)), (),
+         LinkError.BAD_ADDRESS, 4),
         ("imem_past_end", encode_frame(Command.WRITE_IMEM, _addr(depth - 1) + bytes(32)), (),
          LinkError.BAD_ADDRESS, 4),
         ("stops_mid_frame", write[:9], (), LinkError.TIMEOUT, 2),
