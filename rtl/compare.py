@@ -53,7 +53,7 @@ class Int8MacLane(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        acc = Signal(signed(self.acc_bits))
+        acc = Signal(signed(self.acc_bits), reset_less=True)     # as TernaryLane's
         with m.If(self.step):
             m.d.sync += acc.eq(Mux(self.first, 0, acc) + self.w * self.x)
         m.d.comb += self.acc.eq(acc)
@@ -131,18 +131,22 @@ class SerialHarness(wiring.Component):
         m = Module()
         m.submodules.array = arr = self.array
         width = len(arr.w) + len(arr.x) + 2
-        chain = Signal(width)
+        # No resets in the harness: a reset reaching every flip-flop of a large array was the
+        # critical path on ECP5, which measured the wrapper instead of the lanes.
+        chain = Signal(width, reset_less=True)
         m.d.sync += chain.eq(Cat(self.uart_rx, chain[:-1]))
         m.d.comb += [arr.w.eq(chain[:len(arr.w)]),
                      arr.x.eq(chain[len(arr.w):len(arr.w) + len(arr.x)]),
                      arr.step.eq(chain[-2]), arr.first.eq(chain[-1])]
-        # Fold in two registered stages (each lane, then the lanes), so the fold is never the
-        # critical path: the array is.
-        bits = arr.acc_bits
-        lane_fold = Signal(len(arr.acc) // bits)
-        m.d.sync += lane_fold.eq(Cat(*[arr.acc[i * bits:(i + 1) * bits].xor()
-                                       for i in range(len(lane_fold))]))
-        m.d.sync += self.uart_tx.eq(lane_fold.xor())
+        # Fold in registered stages of at most 16 inputs each (two LUT4 levels), so the fold is
+        # never the critical path: the array is.
+        bits = [arr.acc[i] for i in range(len(arr.acc))]
+        while len(bits) > 1:
+            stage = Signal((len(bits) + 15) // 16, reset_less=True)
+            m.d.sync += stage.eq(Cat(*[Cat(*bits[i:i + 16]).xor()
+                                       for i in range(0, len(bits), 16)]))
+            bits = [stage[i] for i in range(len(stage))]
+        m.d.sync += self.uart_tx.eq(bits[0])
         return m
 
 
