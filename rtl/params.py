@@ -248,7 +248,7 @@ class ChipParams:
 
 CHIPS = {
     # iCEBreaker: iCE40 UP5K, its four SPRAMs (128 KB) as the memory, 12 MHz crystal -> PLL.
-    # The chip fills 93% of the UP5K's logic cells and its control paths reach about 15 MHz
+    # The chip fills 93% of the UP5K's logic cells and its control paths reach 14.5-17 MHz
     # (docs/results.md), so it runs at the crystal's 12 MHz; 48 MHz needs pipelined control.
     "icebreaker": ChipParams(name="icebreaker", array=SCALE_POINTS["tiny"], mem_words=32768,
                              clk_hz=12_000_000, baud=1_000_000),
