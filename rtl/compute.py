@@ -147,13 +147,26 @@ class ComputeUnit(wiring.Component):
                     m.d.sync += [k.eq(k + 1), bytepos.eq(bytepos + p.token_lanes)]
 
         groups = (head.tokens + p.token_lanes - 1) >> lt_shift
-        # Rows r < n_rows, as a table on n_rows' low bits (an issued MATMUL has n_rows <=
-        # row_lanes): 20 comparators of the 12-bit field would each be a carry chain.
+        # Rows r < n_rows (an issued MATMUL has n_rows <= row_lanes), in two levels on
+        # n = 16 h + l: r = 16 i + j is in when h > i, or h == i and l > j. Tables on h and on l
+        # and one LUT per row, instead of a comparator of the 12-bit field (a carry chain) per
+        # row, or one table over all of n.
+        n_small = head.n_rows[:p.row_lanes.bit_length()]
+        h, low = n_small[4:], n_small[:4]
+        groups_r = (p.row_lanes + 15) // 16
+        h_gt, h_eq, l_gt = Signal(groups_r), Signal(groups_r), Signal(16)
+        with m.Switch(h):
+            for v in range(min(groups_r, (1 << len(h)) - 1) + 1):
+                with m.Case(v):
+                    m.d.comb += [h_gt.eq((1 << min(v, groups_r)) - 1),
+                                 h_eq.eq((1 << v) & ((1 << groups_r) - 1))]
+        with m.Switch(low):
+            for v in range(16):
+                with m.Case(v):
+                    m.d.comb += l_gt.eq((1 << v) - 1)
         row_mask_of = Signal(p.row_lanes)
-        with m.Switch(head.n_rows[:p.row_lanes.bit_length()]):
-            for n in range(1, p.row_lanes + 1):
-                with m.Case(n):
-                    m.d.comb += row_mask_of.eq((1 << n) - 1)
+        m.d.comb += row_mask_of.eq(Cat(*[h_gt[r // 16] | (h_eq[r // 16] & l_gt[r % 16])
+                                         for r in range(p.row_lanes)]))
         tokens_ok = (~head.pop_prev | self.tok_prev) & (~head.pop_next | self.tok_next)
         # The next MATMUL may issue in the final stage-0 cycle of this one: no bubble.
         # (Written after stage 0 so its register updates win.)
