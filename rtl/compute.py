@@ -211,8 +211,6 @@ class ComputeUnit(wiring.Component):
             for r in range(p.row_lanes):
                 lane = TernaryLane(p.acc_bits, held=p.acc_in_lanes)
                 m.submodules[f"lane_{j}_{r}"] = lane
-                idx = j * p.row_lanes + r
-                init = self.c_rdata[idx * p.acc_bits:(idx + 1) * p.acc_bits].as_signed()
                 m.d.comb += [
                     lane.step.eq(s1),
                     lane.nz.eq(self.w_data[2 * r] & s1_mask[r] & s1_tok[j]),
@@ -225,6 +223,8 @@ class ComputeUnit(wiring.Component):
                     m.d.comb += lane.clear.eq(clear)
                     totals.append(lane.acc)
                 else:
+                    idx = j * p.row_lanes + r
+                    init = self.c_rdata[idx * p.acc_bits:(idx + 1) * p.acc_bits].as_signed()
                     m.d.comb += [lane.first.eq(s1_first), lane.init.eq(Mux(s1_acc, init, 0))]
                     totals.append(lane.total)
         for r in range(p.row_lanes):

@@ -25,8 +25,7 @@ def read_port(m, memory, *, en=None, domain: str = "sync"):
     Returns (port, data): the asynchronous port (for its `addr`) and the registered word.
     """
     port = memory.read_port(domain="comb")
-    data = Signal(memory.shape, reset_less=True, name=f"{memory.name}_rdata"
-                  if hasattr(memory, "name") and memory.name else None)
+    data = Signal(memory.shape, reset_less=True)
     update = getattr(m.d, domain)
     if en is None:
         update += data.eq(port.data)
