@@ -108,23 +108,17 @@ class Dispatcher(wiring.Component):
                 m.d.comb += self.error.eq(ErrorCode.BAD_DEPENDENCY)
             with m.Elif(unit == Unit.DISPATCH):
                 m.d.comb += self.halted.eq(self.drained)
-            if p.queue_depth == 0:
-                # No queues: the unit sees the instruction now and `full` says it did not take
-                # it. So the last address is refused before it is offered.
-                with m.Elif(pc == p.imem_depth - 1):
-                    m.d.comb += self.error.eq(ErrorCode.NO_HALT)
-                with m.Else():
+            # Fetching past the last address would wrap: a program must end in HALT. With queues
+            # a full one stalls first; with none the unit would see the instruction now, so the
+            # last address is refused before it is offered.
+            last = pc == p.imem_depth - 1
+            with m.Elif(last if p.queue_depth == 0 else last & ~self.full.bit_select(unit, 1)):
+                m.d.comb += self.error.eq(ErrorCode.NO_HALT)
+            with m.Else():
+                if p.queue_depth == 0:
                     m.d.comb += self.offer.bit_select(unit, 1).eq(1)
-                    with m.If(self.full.bit_select(unit, 1)):
-                        m.d.comb += self.stall.eq(1)
-                    with m.Else():
-                        m.d.comb += [advance.eq(1), self.dispatch.bit_select(unit, 1).eq(1)]
-            else:
-                with m.Elif(self.full.bit_select(unit, 1)):
+                with m.If(self.full.bit_select(unit, 1)):
                     m.d.comb += self.stall.eq(1)
-                with m.Elif(pc == p.imem_depth - 1):
-                    # Fetching past the last address would wrap: a program must end in HALT.
-                    m.d.comb += self.error.eq(ErrorCode.NO_HALT)
                 with m.Else():
                     m.d.comb += [advance.eq(1), self.dispatch.bit_select(unit, 1).eq(1)]
         return m
