@@ -27,7 +27,9 @@ __all__ = [
     "Store", "Halt",
     "INSTR_CLASSES", "decode", "instr_layout", "header_layout", "TRACE_FIELDS", "TraceRecord",
     "trace_layout", "TRITS_PER_BYTE", "TRIT_CODE_OFFSET", "BASE3_VALID_BYTES", "CODE2_INVALID",
-    "COUNTER_BITS", "base3_decode_table", "markdown",
+    "COUNTER_BITS", "base3_decode_table", "NM_M", "NM_MIN_N", "NM_MAX_N", "NM_SLOT_BITS",
+    "NM_SLOTS_PER_BYTE", "NM_WORDS_PER_ROW", "NM_EMPTY", "NM_INVALID", "nm_slot_table",
+    "nm_bits_per_weight", "markdown",
 ]
 
 #: Width of one instruction word.
@@ -81,6 +83,7 @@ class WeightEncoding(enum.IntEnum, shape=2):
 
     BASE3 = 0   #: 5 trits per byte: byte = sum(c_i * 3**i); 243..255 are invalid. 1.6 bit/weight
     CODE2 = 1   #: 4 trits per byte: bits [2i+1:2i] = c_i (HF packed codes); 0b11 invalid. 2 bit
+    NM = 2      #: N:M slots, 4 bits each, 2 per byte: bits [2:0] offset d, bit 3 negative. N/2 bit
 
 
 TRITS_PER_BYTE = {WeightEncoding.BASE3: 5, WeightEncoding.CODE2: 4}
@@ -90,6 +93,29 @@ TRIT_CODE_OFFSET = 1
 BASE3_VALID_BYTES = 3 ** TRITS_PER_BYTE[WeightEncoding.BASE3]
 #: The 2-bit code that is not a trit.
 CODE2_INVALID = 0b11
+
+# N:M structured sparsity (WeightEncoding.NM, MATMUL field `nm`). Every group of NM_M = 8
+# consecutive weight columns (k = 8q .. 8q+7) of a row holds at most N non-zero weights. They are
+# stored as N slots per row and group; slot c of row r is a 4-bit code (offset d, negative):
+# weight -1 if negative else +1 at column 8q + ((c + d) mod 8); d = 7 with sign 0 is an empty
+# slot (no weight), d = 7 with sign 1 is invalid. Sorted positions p_0 < p_1 < ... in slots
+# 0, 1, ... give offsets p_c - c in 0..6 (a lone weight at column 7 goes in slot 1). The weight
+# buffer keeps one row per slot: group q's slots are rows q*N .. q*N + N - 1 of the tile, and a
+# MATMUL with nm = N spends one cycle per slot, N cycles per group of 8 columns instead of 8.
+#: Columns per N:M group (M).
+NM_M = 8
+#: Slots per group a MATMUL accepts: its `nm` field is 0 (dense) or NM_MIN_N .. NM_MAX_N.
+NM_MIN_N = 2
+NM_MAX_N = 7
+#: Bits of one slot code, and codes per byte (lane 2i in the low nibble of byte i).
+NM_SLOT_BITS = 4
+NM_SLOTS_PER_BYTE = 2
+#: Words per weight-buffer row of N:M slots: word 2i fills lanes 0 .. 2P-1 of buffer row i,
+#: word 2i+1 lanes 2P .. 4P-1 (and clears the top fifth, which N:M rows do not reach).
+NM_WORDS_PER_ROW = 2
+#: The empty slot, and the one code that is not a slot.
+NM_EMPTY = 0b0111
+NM_INVALID = 0b1111
 
 
 class Status(enum.IntEnum, shape=2):
@@ -167,6 +193,8 @@ FORMATS = {
     ),
     Opcode.MATMUL: HEADER + (
         Field("accumulate", 8, 1, "add onto the accumulators (1) or start from zero (0)"),
+        Field("nm", 9, 3, "0: dense, one cycle per column; N in 2..7: N:M slots, N cycles per "
+                          "group of 8 columns (weight rows hold slots; k_len a multiple of 8)"),
         Field("wbuf", 16, 16, "weight buffer row of column k = 0"),
         Field("abuf", 32, 16, "activation buffer row where token group 0 starts"),
         Field("acc", 48, 12, "first accumulator group"),
@@ -378,6 +406,26 @@ def base3_decode_table() -> list:
             trits.append(code - TRIT_CODE_OFFSET)
         table.append(tuple(trits))
     return table
+
+
+def nm_slot_table() -> list:
+    """The 16 slot codes -> (trit, offset d), None for the invalid code; empty is (0, 7)."""
+    table = []
+    for code in range(1 << NM_SLOT_BITS):
+        d, neg = code & 7, code >> 3
+        if code == NM_INVALID:
+            table.append(None)
+        elif code == NM_EMPTY:
+            table.append((0, d))
+        else:
+            table.append((-1 if neg else 1, d))
+    return table
+
+
+def nm_bits_per_weight(n: int) -> float:
+    """Stored bits per weight of N:M slots: N codes of NM_SLOT_BITS per NM_M weights, all
+    metadata included (there is none besides the codes)."""
+    return n * NM_SLOT_BITS / NM_M
 
 
 # -- documentation ------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ depth is never written twice. Like `rtl.isa`, it never elaborates hardware.
 
 from dataclasses import dataclass, field
 
-from .isa import COUNTER_BITS, WeightEncoding
+from .isa import COUNTER_BITS, NM_M, NM_SLOTS_PER_BYTE, NM_WORDS_PER_ROW, WeightEncoding
 
 __all__ = ["ArrayParams", "MemTiming", "SCALE_POINTS", "scale_point"]
 
@@ -57,6 +57,9 @@ class ArrayParams:
     loads_in_flight : LOADs taken by the LOAD unit and not yet retired (all responses back).
     imem_depth : instructions the program memory holds.
     encodings : weight encodings the decoder implements (`rtl.isa.WeightEncoding` values).
+        `NM` also widens the weight buffer (a 3-bit slot offset per lane) and gives every lane
+        an 8-way activation select; it needs a port of at least 8 * token_lanes bytes, so that
+        a group of 8 columns of every token of a token group is in one activation word.
     counter_bits : width of each performance counter; counters wrap around.
     registered_decode : the weight decoder's base-3 tables are block RAM, read in the cycle a
         response arrives: the LOAD response side runs one cycle behind the port (a LOAD retires
@@ -75,7 +78,7 @@ class ArrayParams:
     token_depth: int = 8
     loads_in_flight: int = 4
     imem_depth: int = 1024
-    encodings: tuple = tuple(WeightEncoding)
+    encodings: tuple = (WeightEncoding.BASE3, WeightEncoding.CODE2)
     counter_bits: int = COUNTER_BITS
     registered_decode: bool = False
     mem: MemTiming = field(default_factory=MemTiming)
@@ -100,6 +103,9 @@ class ArrayParams:
             (16 <= self.counter_bits <= 64, "counter_bits must be in 16..64"),
             (len(self.encodings) >= 1 and set(self.encodings) <= set(WeightEncoding),
              "encodings must be a non-empty subset of rtl.isa.WeightEncoding"),
+            (WeightEncoding.NM not in self.encodings
+             or self.port_bytes >= NM_M * self.token_lanes,
+             "the NM encoding needs port_bytes >= 8 * token_lanes"),
         ]
         for ok, why in checks:
             if not ok:
@@ -109,6 +115,17 @@ class ArrayParams:
     def row_lanes(self) -> int:
         """Output rows computed at once: the trits in one beat of base-3 weights."""
         return TRITS_PER_PORT_BYTE * self.port_bytes
+
+    @property
+    def nm_rows(self) -> int:
+        """Rows an N:M weight-buffer row reaches: the slots of NM_WORDS_PER_ROW words."""
+        return NM_WORDS_PER_ROW * NM_SLOTS_PER_BYTE * self.port_bytes
+
+    @property
+    def wbuf_lane_bits(self) -> int:
+        """Bits per lane in a weight-buffer row: (nonzero, negative), and with the NM encoding
+        the slot offset d (3 bits) above them."""
+        return 5 if WeightEncoding.NM in self.encodings else 2
 
     @property
     def lanes(self) -> int:
@@ -163,8 +180,10 @@ SCALE_POINTS = {
                         wbuf_rows=1024, abuf_rows=512, acc_groups=2),
     # The reference design: a 1024-bit port (128 B/cycle), 640 rows x 2 tokens = 1280 lanes.
     # 640 rows divide the 2B4T projection heights 2560 and 640 and tile 6912 at 98%.
+    # It implements N:M structured sparse weights (rtl.isa NM) besides the dense encodings.
     "default": ArrayParams(name="default", port_bytes=128, token_lanes=2,
                            wbuf_rows=2048, abuf_rows=1024, acc_groups=64,
+                           encodings=tuple(WeightEncoding),
                            imem_depth=4096, queue_depth=8, mem=MemTiming(read_latency=32)),
 }
 

@@ -14,8 +14,8 @@ Timing rules (docs/architecture.md, "Cycle timing"), all from `rtl.params`:
   tokens pushed at retirement in cycle r are visible from r+1;
 - LOAD (N words, latency L): requests s+1..s+N, the next may issue at s+N, retires at s+N+L
   (s+N+L+1 with `registered_decode`);
-- MATMUL (G token groups): reads s+1..s+G*k_len, the next may issue at s+G*k_len,
-  retires at s+G*k_len+1;
+- MATMUL (G token groups, S steps per group: k_len columns, or (k_len / 8) * N slots with
+  `nm` = N): reads s+1..s+G*S, the next may issue at s+G*S, retires at s+G*S+1;
 - STORE: writes s+1..s+tokens*words, retires at the last write, where the next may issue;
 - HALT retires in the first cycle where all queues are empty and all units idle.
 
@@ -30,6 +30,11 @@ from collections import deque
 import numpy as np
 
 from rtl.isa import (
+    NM_M,
+    NM_MAX_N,
+    NM_MIN_N,
+    NM_SLOTS_PER_BYTE,
+    NM_WORDS_PER_ROW,
     OPCODE_OF_UNIT,
     TRITS_PER_BYTE,
     Buffer,
@@ -46,6 +51,7 @@ from rtl.isa import (
     Unit,
     WeightEncoding,
     decode,
+    nm_slot_table,
 )
 from rtl.params import ArrayParams
 
@@ -60,6 +66,12 @@ _NEVER = 1 << 62
 # Error priority within one cycle, as rtl/top.py resolves it.
 _PRIO_LOAD_RESP, _PRIO_LOAD_REQ, _PRIO_COMPUTE, _PRIO_STORE, _PRIO_OVERFLOW, _PRIO_DISPATCH, \
     _PRIO_DEADLOCK = range(7)
+
+# N:M slot codes -> trit and offset; the invalid code decodes to (0, 0) and is flagged.
+_NM_TABLE = nm_slot_table()
+_NM_TRIT = np.array([e[0] if e else 0 for e in _NM_TABLE], np.int8)
+_NM_OFFSET = np.array([e[1] if e else 0 for e in _NM_TABLE], np.int8)
+_NM_BAD = np.array([e is None for e in _NM_TABLE])
 
 
 def _ceil(a: int, b: int) -> int:
@@ -168,6 +180,7 @@ class _Run:
         # Trits as float32, ready for the product; and each row's count of zero trits.
         self.wbuf = np.zeros((p.wbuf_rows, p.row_lanes), np.float32)
         self.wzero = np.full(p.wbuf_rows, p.row_lanes, np.int64)
+        self.wpos = np.zeros((p.wbuf_rows, p.row_lanes), np.int8)    # N:M slot offsets d
         self.abuf = np.zeros((p.abuf_rows, p.port_bytes), np.uint8)
         self.acc = np.zeros((p.acc_groups, p.token_lanes, p.row_lanes), np.int64)
         self.counters = dict.fromkeys(Counter, 0)
@@ -221,7 +234,9 @@ class _Run:
         if ins.pop_next and self.tokens["c2l"] == 0:
             return False, True, False
         enc_ok = ins.encoding in p.encodings
-        if ins.rows == 0 or ins.length == 0 or (ins.buffer == Buffer.WEIGHT and not enc_ok):
+        nm = ins.buffer == Buffer.WEIGHT and ins.encoding == WeightEncoding.NM
+        if ins.rows == 0 or ins.length == 0 or (ins.buffer == Buffer.WEIGHT and not enc_ok) \
+                or (nm and ins.length % NM_WORDS_PER_ROW):
             self._error(c, _PRIO_LOAD_REQ, ErrorCode.BAD_FIELD, pc)
             return False, False, False
         if self._inflight(c) >= p.loads_in_flight:
@@ -229,7 +244,9 @@ class _Run:
         self.queues[Unit.LOAD].popleft()
         self.pops["c2l"] += ins.pop_next
         depth = p.wbuf_rows if ins.buffer == Buffer.WEIGHT else p.abuf_rows
-        fit = max(0, (depth - ins.sram) // ins.length) if ins.sram <= depth else 0
+        # Buffer rows one LOAD row fills: N:M slots take two words per buffer row.
+        row_span = ins.length // NM_WORDS_PER_ROW if nm else ins.length
+        fit = max(0, (depth - ins.sram) // row_span) if ins.sram <= depth else 0
         rows = min(ins.rows, fit)
         n = rows * ins.length
         lat = p.mem.read_latency
@@ -246,7 +263,15 @@ class _Run:
         data = None if hit else np.concatenate(
             [self.mem.read((ins.dram + r * ins.stride) & _ADDR_MASK, ins.length)
              for r in range(rows)]) if rows else np.zeros((0, p.port_bytes), np.uint8)
-        if ins.buffer == Buffer.WEIGHT:
+        if nm:
+            slots, bad = hit[:2] if hit else self._decode_nm(data)
+            if bad.any():
+                first = int(np.argmax(bad))
+                self._error(c + 1 + first + resp, _PRIO_LOAD_RESP, ErrorCode.BAD_WEIGHT, pc)
+            if self.cache and key and not hit:
+                self.cache.put(key, ins.encoding, slots, bad, None)
+            self._write_nm(ins.sram, slots, bad)
+        elif ins.buffer == Buffer.WEIGHT:
             trits, bad = hit[:2] if hit else self._decode(data, WeightEncoding(ins.encoding))
             if bad.any():
                 first = int(np.argmax(bad))
@@ -261,6 +286,8 @@ class _Run:
             else:
                 self.wbuf[ins.sram:ins.sram + n] = trits
                 self.wzero[ins.sram:ins.sram + n] = zeros
+            if WeightEncoding.NM in p.encodings:
+                self.wpos[ins.sram:ins.sram + n][~bad] = 0
         else:
             self.abuf[ins.sram:ins.sram + n] = data
         self.gen_free = c + n if rows == ins.rows else _NEVER
@@ -291,6 +318,35 @@ class _Run:
                     bad[i] = True
         return trits, bad
 
+    def _decode_nm(self, words: np.ndarray):
+        """Decode N:M words to (2, n, 2P) int8 (trit, offset) per slot, and invalid flags."""
+        codes = np.empty((len(words), self.p.port_bytes, NM_SLOTS_PER_BYTE), np.uint8)
+        codes[:, :, 0] = words & 0xF
+        codes[:, :, 1] = words >> 4
+        codes = codes.reshape(len(words), -1)
+        slots = np.stack([_NM_TRIT[codes], _NM_OFFSET[codes]])
+        return slots, _NM_BAD[codes].any(axis=1)
+
+    def _write_nm(self, sram: int, slots: np.ndarray, bad: np.ndarray):
+        """Word i fills lanes h*2P .. h*2P + 2P - 1 (h = i % 2) of buffer row sram + i // 2; the
+        second word of a row also clears the lanes past 4P. Invalid words are not written."""
+        p = self.p
+        half = slots.shape[2]
+        rows = set()
+        for h in range(NM_WORDS_PER_ROW):
+            idx = np.arange(h, len(bad), NM_WORDS_PER_ROW)
+            idx = idx[~bad[idx]]
+            dst = sram + idx // NM_WORDS_PER_ROW
+            self.wbuf[dst, h * half:(h + 1) * half] = slots[0, idx]
+            self.wpos[dst, h * half:(h + 1) * half] = slots[1, idx]
+            if h == NM_WORDS_PER_ROW - 1:
+                self.wbuf[dst, p.nm_rows:] = 0
+                self.wpos[dst, p.nm_rows:] = 0
+            rows.update(dst.tolist())
+        rows = np.array(sorted(rows), np.int64)
+        if len(rows):
+            self.wzero[rows] = (self.wbuf[rows] == 0).sum(axis=1)
+
     def _compute(self, c: int):
         """The COMPUTE unit at cycle c. Returns (issued, stall_dep)."""
         p = self.p
@@ -304,11 +360,15 @@ class _Run:
                 (ins.pop_next and self.tokens["s2c"] == 0):
             return False, True
         groups = _ceil(ins.tokens, p.token_lanes)
+        nm_ok = ins.nm == 0 or (WeightEncoding.NM in p.encodings and NM_MIN_N <= ins.nm
+                                <= NM_MAX_N and ins.k_len % NM_M == 0)
         if ins.k_len == 0 or ins.tokens == 0 or ins.n_rows == 0 or ins.n_rows > p.row_lanes \
-                or ins.tokens > p.max_tokens:
+                or ins.tokens > p.max_tokens or not nm_ok:
             self._error(c, _PRIO_COMPUTE, ErrorCode.BAD_FIELD, pc)
             return False, False
-        if ins.wbuf + ins.k_len > p.wbuf_rows or ins.acc + groups > p.acc_groups:
+        # Cycles per token group: one per column, or one per N:M slot.
+        steps = ins.k_len // NM_M * ins.nm if ins.nm else ins.k_len
+        if ins.wbuf + steps > p.wbuf_rows or ins.acc + groups > p.acc_groups:
             self._error(c, _PRIO_COMPUTE, ErrorCode.BAD_ADDRESS, pc)
             return False, False
         self.queues[Unit.COMPUTE].popleft()
@@ -319,11 +379,11 @@ class _Run:
         ok_groups = groups
         for g in range(groups):
             if ins.abuf + g * ins.x_stride + span > p.abuf_rows:
-                self._error(c + 1 + g * k, _PRIO_COMPUTE, ErrorCode.BAD_ADDRESS, pc)
+                self._error(c + 1 + g * steps, _PRIO_COMPUTE, ErrorCode.BAD_ADDRESS, pc)
                 ok_groups = g
                 break
-        self._matmul(ins, ok_groups, span, c)
-        cycles = groups * k
+        self._matmul(ins, ok_groups, span, steps, c)
+        cycles = groups * steps
         self.comp_free = c + cycles if ok_groups == groups else _NEVER
         self.comp_active_until = c + cycles + 1
         if ok_groups == groups:
@@ -331,17 +391,26 @@ class _Run:
                                   {"c2l": ins.push_prev, "c2s": ins.push_next})
         return True, False
 
-    def _matmul(self, ins: MatMul, groups: int, span: int, c: int):
+    def _matmul(self, ins: MatMul, groups: int, span: int, steps: int, c: int):
         p = self.p
         lt, k, nr = p.token_lanes, ins.k_len, ins.n_rows
-        w = self.wbuf[ins.wbuf:ins.wbuf + k]
+        w = self.wbuf[ins.wbuf:ins.wbuf + steps]
         if nr == p.row_lanes:
-            zeros = self.wzero[ins.wbuf:ins.wbuf + k].copy()    # kept until the run ends
+            zeros = self.wzero[ins.wbuf:ins.wbuf + steps].copy()    # kept until the run ends
         else:
             zeros = (w[:, :nr] == 0).sum(axis=1)
         active = [min(lt, ins.tokens - g * lt) for g in range(groups)]
         # Stage-1 cycles from c+2 on, group-major: busy lanes and zero-weight lanes per cycle.
-        self.busy_parts.append((c + 2, k, nr, active, zeros))
+        self.busy_parts.append((c + 2, steps, nr, active, zeros))
+        if ins.nm and groups:
+            # Slot c of group q adds its trit at column 8q + (c + d) mod 8: the same sums as the
+            # dense matrix with every slot added in at its column.
+            step = np.arange(steps)
+            q, slot = step // ins.nm, step % ins.nm
+            col = q[:, None] * NM_M + (slot[:, None] + self.wpos[ins.wbuf:ins.wbuf + steps]) % NM_M
+            dense = np.zeros((k, p.row_lanes), np.float32)
+            np.add.at(dense, (col, np.broadcast_to(np.arange(p.row_lanes), col.shape)), w)
+            w = dense
         if not groups:
             return
         if groups == 1 and ins.abuf + span <= p.abuf_rows:
