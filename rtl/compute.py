@@ -1,10 +1,10 @@
 """The COMPUTE unit: the lane array and the MATMUL sequencer that feeds it."""
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .isa import INSTR_BITS, ErrorCode, Opcode, instr_layout
+from .isa import INSTR_BITS, NM_M, NM_MIN_N, ErrorCode, Opcode, instr_layout
 from .lane import TernaryLane
 from .params import ArrayParams
 from .sequencer import PC_BITS
@@ -33,6 +33,11 @@ class ComputeUnit(wiring.Component):
     weight buffer (row wbuf + k); a group's activations sit at activation-buffer rows from
     abuf + g * x_stride on, token j of column k at byte k * token_lanes + j. A group's sums are
     written to accumulator group acc + g after its last column.
+
+    With the MATMUL field nm = N (scale points with the NM encoding), a group of 8 columns takes
+    N cycles, one per slot: weight row wbuf + q*N + c holds slot c of column group q, and lane
+    (r, j) takes activation x[j, 8q + (c + d_r) mod 8], d_r the slot offset of row r (an 8-way
+    select per lane). Everything else runs as for k_len = (k_len / 8) * N columns.
 
     Timing: a MATMUL taken at cycle s reads in cycles s+1 .. s+G*k_len (stage 0), adds one cycle
     later (stage 1) and retires at s + G*k_len + 1; the next MATMUL can be taken in cycle
@@ -71,7 +76,7 @@ class ComputeUnit(wiring.Component):
             "head_valid": In(1), "head_pc": In(PC_BITS), "head_instr": In(INSTR_BITS),
             "take": Out(1), "tok_prev": In(1), "tok_next": In(1),
             "pop_prev": Out(1), "pop_next": Out(1), "push_prev": Out(1), "push_next": Out(1),
-            "w_addr": Out(range(p.wbuf_rows)), "w_data": In(2 * p.row_lanes),
+            "w_addr": Out(range(p.wbuf_rows)), "w_data": In(p.wbuf_lane_bits * p.row_lanes),
             "a_addr": Out(range(p.abuf_rows)), "a_data": In(p.port_bits),
             "c_raddr": Out(range(p.acc_groups)), "c_rdata": In(acc_row),
             "c_we": Out(1), "c_waddr": Out(range(p.acc_groups)), "c_wdata": Out(acc_row),
@@ -88,6 +93,8 @@ class ComputeUnit(wiring.Component):
         head = data.View(lay, self.head_instr)
         lt_shift = p.token_lanes.bit_length() - 1
         port_shift = p.port_bytes.bit_length() - 1
+        lb = p.wbuf_lane_bits
+        group_shift = NM_M.bit_length() - 1
 
         # -- issue -----------------------------------------------------------------------------
         running = Signal()
@@ -95,7 +102,7 @@ class ComputeUnit(wiring.Component):
         wbuf = Signal.like(head.wbuf)
         grow = Signal(len(head.abuf) + 1)      # activation row of the current group
         acc = Signal.like(head.acc)
-        k_len = Signal.like(head.k_len)
+        k_len = Signal.like(head.k_len)     # steps per token group: columns, or N:M slots
         x_stride = Signal.like(head.x_stride)
         tokens_left = Signal(len(head.tokens) + 1)
         span = Signal(len(head.k_len) + 1)      # activation rows one group reads
@@ -107,6 +114,8 @@ class ComputeUnit(wiring.Component):
         k = Signal.like(head.k_len)
         g = Signal.like(head.acc)
         bytepos = Signal(len(head.k_len) + lt_shift)
+        nm = Signal.like(head.nm)            # slots per group of 8 columns, 0 when dense
+        slot = Signal.like(head.nm)
 
         # -- stage 0: read ----------------------------------------------------------------------
         s1 = Signal()
@@ -116,6 +125,8 @@ class ComputeUnit(wiring.Component):
         s1_g = Signal.like(self.c_waddr)
         s1_off = Signal(port_shift)
         s1_tok = Signal(p.token_lanes)
+        s1_nm = Signal()
+        s1_slot = Signal.like(slot)
         finishing = Signal()
         clear = Signal()        # in-lane accumulators: start a non-accumulating group from 0
         m.d.sync += s1.eq(0)
@@ -135,16 +146,22 @@ class ComputeUnit(wiring.Component):
                     s1.eq(1), s1_first.eq(k == 0), s1_last.eq(last_k), s1_final.eq(final),
                     s1_g.eq(acc + g), s1_off.eq(bytepos[:port_shift]),
                     s1_tok.eq(Cat(*[tokens_left > j for j in range(p.token_lanes)])),
+                    s1_nm.eq(nm != 0), s1_slot.eq(slot),
                 ]
                 with m.If(last_k):
-                    m.d.sync += [k.eq(0), bytepos.eq(0), g.eq(g + 1),
+                    m.d.sync += [k.eq(0), bytepos.eq(0), g.eq(g + 1), slot.eq(0),
                                  grow.eq(grow + x_stride),
                                  tokens_left.eq(tokens_left - p.token_lanes)]
                     with m.If(final):
                         m.d.sync += running.eq(0)
                         m.d.comb += finishing.eq(1)
-                with m.Else():
+                with m.Elif(nm == 0):
                     m.d.sync += [k.eq(k + 1), bytepos.eq(bytepos + p.token_lanes)]
+                with m.Elif(slot == nm - 1):
+                    m.d.sync += [k.eq(k + 1), slot.eq(0),
+                                 bytepos.eq(bytepos + NM_M * p.token_lanes)]
+                with m.Else():
+                    m.d.sync += [k.eq(k + 1), slot.eq(slot + 1)]
 
         groups = (head.tokens + p.token_lanes - 1) >> lt_shift
         # Rows r < n_rows (an issued MATMUL has n_rows <= row_lanes), in two levels on
@@ -167,6 +184,17 @@ class ComputeUnit(wiring.Component):
         row_mask_of = Signal(p.row_lanes)
         m.d.comb += row_mask_of.eq(Cat(*[h_gt[r // 16] | (h_eq[r // 16] & l_gt[r % 16])
                                          for r in range(p.row_lanes)]))
+        # Steps per token group: k_len, or (k_len / 8) * N slots, as shifts and adds.
+        steps = Signal(len(head.k_len) + 1)
+        groups8 = head.k_len >> group_shift
+        if p.nm:
+            m.d.comb += steps.eq(Mux(head.nm == 0, head.k_len,
+                                     sum(Mux(head.nm[i], groups8 << i, 0)
+                                         for i in range(len(head.nm)))))
+            bad_nm = (head.nm != 0) & ((head.nm < NM_MIN_N) | (head.k_len[:group_shift] != 0))
+        else:
+            m.d.comb += steps.eq(head.k_len)
+            bad_nm = head.nm != 0
         tokens_ok = (~head.pop_prev | self.tok_prev) & (~head.pop_next | self.tok_next)
         # The next MATMUL may issue in the final stage-0 cycle of this one: no bubble.
         # (Written after stage 0 so its register updates win.)
@@ -174,9 +202,9 @@ class ComputeUnit(wiring.Component):
             with m.If(~tokens_ok):
                 m.d.comb += [self.blocked.eq(1), self.stall_dep.eq(1)]
             with m.Elif((head.k_len == 0) | (head.tokens == 0) | (head.n_rows == 0) |
-                        (head.n_rows > p.row_lanes) | (head.tokens > p.max_tokens)):
+                        (head.n_rows > p.row_lanes) | (head.tokens > p.max_tokens) | bad_nm):
                 m.d.comb += [self.error.eq(ErrorCode.BAD_FIELD), self.error_pc.eq(self.head_pc)]
-            with m.Elif((head.wbuf + head.k_len > p.wbuf_rows) |
+            with m.Elif((head.wbuf + steps > p.wbuf_rows) |
                         (head.acc + groups > p.acc_groups)):
                 m.d.comb += [self.error.eq(ErrorCode.BAD_ADDRESS),
                              self.error_pc.eq(self.head_pc)]
@@ -185,7 +213,8 @@ class ComputeUnit(wiring.Component):
                              self.pop_next.eq(head.pop_next)]
                 m.d.sync += [
                     running.eq(1), pc.eq(self.head_pc), wbuf.eq(head.wbuf), grow.eq(head.abuf),
-                    acc.eq(head.acc), k_len.eq(head.k_len), x_stride.eq(head.x_stride),
+                    acc.eq(head.acc), k_len.eq(steps), x_stride.eq(head.x_stride),
+                    nm.eq(head.nm if p.nm else 0), slot.eq(0),
                     tokens_left.eq(head.tokens), n_rows.eq(head.n_rows),
                     accumulate.eq(head.accumulate), push_prev.eq(head.push_prev),
                     push_next.eq(head.push_next), k.eq(0), g.eq(0), bytepos.eq(0),
@@ -206,16 +235,27 @@ class ComputeUnit(wiring.Component):
         m.d.comb += act.eq(self.a_data >> Cat(Const(0, 3), s1_off))
         totals = []
         zero_bits = []
+        # With N:M slots, row r's lanes read column 8q + (c + d_r) mod 8 of the group.
+        pos = []
+        for r in range(p.row_lanes):
+            if p.nm:
+                d = self.w_data[lb * r + 2:lb * r + 5]
+                pos_r = Signal(3, name=f"pos_{r}")
+                m.d.comb += pos_r.eq(Mux(s1_nm, s1_slot + d, 0))
+                pos.append(pos_r)
         for j in range(p.token_lanes):
-            x = act[8 * j:8 * j + 8].as_signed()
+            x_dense = act[8 * j:8 * j + 8].as_signed()
+            if p.nm:
+                x_of = Array([act[8 * (i * p.token_lanes + j):8 * (i * p.token_lanes + j) + 8]
+                              for i in range(NM_M)])
             for r in range(p.row_lanes):
                 lane = TernaryLane(p.acc_bits, held=p.acc_in_lanes)
                 m.submodules[f"lane_{j}_{r}"] = lane
                 m.d.comb += [
                     lane.step.eq(s1),
-                    lane.nz.eq(self.w_data[2 * r] & s1_mask[r] & s1_tok[j]),
-                    lane.neg.eq(self.w_data[2 * r + 1]),
-                    lane.x.eq(x),
+                    lane.nz.eq(self.w_data[lb * r] & s1_mask[r] & s1_tok[j]),
+                    lane.neg.eq(self.w_data[lb * r + 1]),
+                    lane.x.eq(x_of[pos[r]].as_signed() if p.nm else x_dense),
                 ]
                 if p.acc_in_lanes:
                     # The lane holds the group; clearing it one cycle ahead of the first add
@@ -228,7 +268,7 @@ class ComputeUnit(wiring.Component):
                     m.d.comb += [lane.first.eq(s1_first), lane.init.eq(Mux(s1_acc, init, 0))]
                     totals.append(lane.total)
         for r in range(p.row_lanes):
-            zero_bits.append(~self.w_data[2 * r] & s1_mask[r])
+            zero_bits.append(~self.w_data[lb * r] & s1_mask[r])
         # A named signal: slicing an unnamed Cat bit by bit re-emits the whole Cat each time,
         # which made the netlist grow with the square of the row count.
         zero_vec = Signal(p.row_lanes)

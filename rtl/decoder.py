@@ -1,6 +1,6 @@
-"""Weight decoders: one memory word of packed trits in, a row of (nz, neg) lane controls out."""
+"""Weight decoders: one memory word of packed trits in, a row of lane controls out."""
 
-from amaranth.hdl import Cat, Module
+from amaranth.hdl import Cat, Const, Module
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -8,6 +8,10 @@ from amaranth.lib.wiring import In, Out
 from .isa import (
     BASE3_VALID_BYTES,
     CODE2_INVALID,
+    NM_EMPTY,
+    NM_INVALID,
+    NM_SLOT_BITS,
+    NM_SLOTS_PER_BYTE,
     TRIT_CODE_OFFSET,
     TRITS_PER_BYTE,
     WeightEncoding,
@@ -19,9 +23,10 @@ from .params import ArrayParams
 __all__ = ["WeightDecoder", "trit_bits"]
 
 
-def trit_bits(t: int) -> int:
-    """The 2-bit lane control of a trit as stored in the weight buffer: bit 0 nz, bit 1 neg."""
-    return (t != 0) | ((t < 0) << 1)
+def trit_bits(t: int, offset: int = 0) -> int:
+    """A lane's control as stored in the weight buffer: bit 0 nz, bit 1 neg, and (at scale
+    points with the NM encoding, `ArrayParams.wbuf_lane_bits` = 5) the slot offset in bits 2..4."""
+    return (t != 0) | ((t < 0) << 1) | (offset << 2)
 
 
 def base3_rows() -> list:
@@ -34,10 +39,12 @@ def base3_rows() -> list:
 
 
 class WeightDecoder(wiring.Component):
-    """Decode one memory word into `row_lanes` trits, combinationally.
+    """Decode one memory word into `row_lanes` lane controls, combinationally.
 
     Base-3 bytes go through a 243-entry table (no divider); 2-bit codes are wired directly.
     Lanes that the chosen encoding does not reach (the top fifth in 2-bit mode) read zero.
+    N:M slot codes are wired too: a word's 2P slots come out on lanes 0 .. 2P-1 (the LOAD unit
+    writes them to the half of a buffer row they belong to).
 
     Members
     -------
@@ -46,11 +53,12 @@ class WeightDecoder(wiring.Component):
         The word that will be `word` in the next cycle: the base-3 tables are block RAM and
         are read one cycle ahead.
     encoding : In(WeightEncoding)
-    trits : Out(2 * row_lanes)
-        Lane l's control in bits [2l+1:2l]: bit 0 nonzero, bit 1 negative.
+    trits : Out(b * row_lanes), b = `ArrayParams.wbuf_lane_bits`
+        Lane l's control in bits [b*l + b-1 : b*l]: bit 0 nonzero, bit 1 negative, bits 2..4
+        the N:M slot offset (0 for the dense encodings).
     invalid : Out(1)
-        The word holds a byte >= 243 (base 3) or a code 0b11 (2-bit), or the encoding is not
-        enabled at this scale point.
+        The word holds a byte >= 243 (base 3), a code 0b11 (2-bit) or 0b1111 (N:M), or the
+        encoding is not enabled at this scale point.
     """
 
     def __init__(self, params: ArrayParams):
@@ -59,7 +67,7 @@ class WeightDecoder(wiring.Component):
         super().__init__({
             **members,
             "word": In(params.port_bits), "encoding": In(WeightEncoding),
-            "trits": Out(2 * params.row_lanes), "invalid": Out(1),
+            "trits": Out(params.wbuf_lane_bits * params.row_lanes), "invalid": Out(1),
         })
 
     def elaborate(self, platform):
@@ -67,6 +75,12 @@ class WeightDecoder(wiring.Component):
         p = self.params
         nbytes = p.port_bytes
         n = TRITS_PER_BYTE[WeightEncoding.BASE3]
+        lb = p.wbuf_lane_bits
+
+        def put(lane, nz, neg, offset=None):
+            ctl = Cat(nz, neg, Const(0, 3) if offset is None else offset)[:lb]
+            return self.trits[lb * lane:lb * (lane + 1)].eq(ctl)
+
         rows = []       # per byte: its base-3 trits, then an invalid bit
         if WeightEncoding.BASE3 in p.encodings:
             for j in range(nbytes):
@@ -88,7 +102,8 @@ class WeightDecoder(wiring.Component):
             if WeightEncoding.BASE3 in p.encodings:
                 with m.Case(WeightEncoding.BASE3):
                     for j, row in enumerate(rows):
-                        m.d.comb += self.trits[2 * n * j:2 * n * (j + 1)].eq(row[:2 * n])
+                        for i in range(n):
+                            m.d.comb += put(n * j + i, row[2 * i], row[2 * i + 1])
                     m.d.comb += self.invalid.eq(Cat(*[row[2 * n] for row in rows]).any())
             if WeightEncoding.CODE2 in p.encodings:
                 with m.Case(WeightEncoding.CODE2):
@@ -97,9 +112,18 @@ class WeightDecoder(wiring.Component):
                         code = self.word[2 * lane:2 * lane + 2]
                         # code = trit + 1: 00 -> -1, 01 -> 0, 10 -> +1.
                         assert TRIT_CODE_OFFSET == 1
-                        m.d.comb += self.trits[2 * lane].eq(~code[0] & ~(code == CODE2_INVALID))
-                        m.d.comb += self.trits[2 * lane + 1].eq(code == 0)
+                        m.d.comb += put(lane, ~code[0] & ~(code == CODE2_INVALID), code == 0)
                         bad.append(code == CODE2_INVALID)
+                    m.d.comb += self.invalid.eq(Cat(*bad).any())
+            if WeightEncoding.NM in p.encodings:
+                with m.Case(WeightEncoding.NM):
+                    bad = []
+                    for lane in range(NM_SLOTS_PER_BYTE * nbytes):
+                        code = self.word[NM_SLOT_BITS * lane:NM_SLOT_BITS * (lane + 1)]
+                        # bits [2:0] offset, bit 3 negative; 0b0111 empty, 0b1111 invalid.
+                        m.d.comb += put(lane, code[:3] != 0b111, code[3], code[:3])
+                        bad.append(code == NM_INVALID)
+                    assert NM_EMPTY == 0b0111 and NM_INVALID == 0b1111
                     m.d.comb += self.invalid.eq(Cat(*bad).any())
             with m.Default():
                 m.d.comb += self.invalid.eq(1)

@@ -1,12 +1,21 @@
 """The LOAD unit: a 2-D DMA from the read channel into the weight or activation buffer."""
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from .decoder import WeightDecoder
-from .isa import INSTR_BITS, Buffer, ErrorCode, Opcode, WeightEncoding, instr_layout
+from .isa import (
+    INSTR_BITS,
+    NM_SLOTS_PER_BYTE,
+    NM_WORDS_PER_ROW,
+    Buffer,
+    ErrorCode,
+    Opcode,
+    WeightEncoding,
+    instr_layout,
+)
 from .params import ArrayParams
 from .sequencer import PC_BITS
 
@@ -49,7 +58,8 @@ class LoadUnit(wiring.Component):
     rd_req : Out(stream.Signature(ADDR_BITS))
     rd_resp : In(stream.Signature(port_bits))
     w_en, w_addr, w_data : Out
-        Weight buffer write port (decoded trits).
+        Weight buffer write port (decoded lane controls). With the NM encoding, `w_en` has a
+        bit per `port_bytes` lanes: a word of N:M slots writes half of the lanes below 4P.
     a_en, a_addr, a_data : Out
         Activation buffer write port.
     retire, retire_pc : Out
@@ -68,14 +78,20 @@ class LoadUnit(wiring.Component):
             "take": Out(1), "tok_next": In(1), "pop_next": Out(1), "push_next": Out(1),
             "rd_req": Out(stream.Signature(ADDR_BITS)),
             "rd_resp": In(stream.Signature(params.port_bits)),
-            "w_en": Out(1), "w_addr": Out(range(params.wbuf_rows)),
-            "w_data": Out(2 * params.row_lanes),
+            "w_en": Out(self.w_granules(params)), "w_addr": Out(range(params.wbuf_rows)),
+            "w_data": Out(params.wbuf_lane_bits * params.row_lanes),
             "a_en": Out(1), "a_addr": Out(range(params.abuf_rows)),
             "a_data": Out(params.port_bits),
             "retire": Out(1), "retire_pc": Out(PC_BITS),
             "error": Out(ErrorCode), "error_pc": Out(PC_BITS),
             "active": Out(1), "blocked": Out(1), "stall_dep": Out(1), "stall_port": Out(1),
         })
+
+    @staticmethod
+    def w_granules(params: ArrayParams) -> int:
+        """Write-enable bits of the weight buffer: one per `port_bytes` lanes with the NM
+        encoding (its words fill half rows), else one."""
+        return params.row_lanes // params.port_bytes if params.nm else 1
 
     def elaborate(self, platform):
         m = Module()
@@ -94,6 +110,7 @@ class LoadUnit(wiring.Component):
         rows_left = Signal.like(head.rows)
         word = Signal.like(head.length)
         sram_row = Signal(len(head.sram) + 1)
+        span = Signal.like(head.length)     # buffer rows one LOAD row fills
         depth = Signal(range(max(p.wbuf_rows, p.abuf_rows) + 1))
 
         depth_of = {Buffer.WEIGHT: p.wbuf_rows, Buffer.ACT: p.abuf_rows}
@@ -107,6 +124,12 @@ class LoadUnit(wiring.Component):
             for enc in p.encodings:
                 with m.Case(enc):
                     m.d.comb += enabled.eq(1)
+        # N:M slots: two words per buffer row, so a LOAD row is an even number of words.
+        head_nm = Signal()
+        if p.nm:
+            m.d.comb += head_nm.eq((head.buffer == Buffer.WEIGHT) &
+                                   (head.encoding == WeightEncoding.NM))
+        shift = NM_WORDS_PER_ROW.bit_length() - 1
 
         finishing = Signal()
         # Errors of the response side belong to an older LOAD and win over the request side.
@@ -122,7 +145,7 @@ class LoadUnit(wiring.Component):
         with m.If(busy):
             m.d.comb += [self.rd_req.valid.eq(1), self.rd_req.payload.eq(row_addr + word)]
             # A row that would run past the end of its buffer is refused before it is read.
-            with m.If((word == 0) & (sram_row + length > depth)):
+            with m.If((word == 0) & (sram_row + span > depth)):
                 m.d.comb += [req_error.eq(ErrorCode.BAD_ADDRESS), req_error_pc.eq(pc)]
                 m.d.comb += self.rd_req.valid.eq(0)
             with m.Elif(~self.rd_req.ready):
@@ -130,7 +153,7 @@ class LoadUnit(wiring.Component):
             with m.Else():
                 with m.If(word == length - 1):
                     m.d.sync += [word.eq(0), row_addr.eq(row_addr + stride),
-                                 sram_row.eq(sram_row + length), rows_left.eq(rows_left - 1)]
+                                 sram_row.eq(sram_row + span), rows_left.eq(rows_left - 1)]
                     with m.If(rows_left == 1):
                         m.d.sync += busy.eq(0)
                         m.d.comb += finishing.eq(1)
@@ -145,7 +168,8 @@ class LoadUnit(wiring.Component):
             with m.If(~tokens_ok):
                 m.d.comb += [self.blocked.eq(1), self.stall_dep.eq(1)]
             with m.Elif((head.rows == 0) | (head.length == 0) |
-                        ((head.buffer == Buffer.WEIGHT) & ~enabled)):
+                        ((head.buffer == Buffer.WEIGHT) & ~enabled) |
+                        (head_nm & (head.length[:shift] != 0))):
                 m.d.comb += [req_error.eq(ErrorCode.BAD_FIELD), req_error_pc.eq(self.head_pc)]
             with m.Elif(~inflight.w_rdy):
                 m.d.comb += self.stall_port.eq(1)
@@ -155,6 +179,7 @@ class LoadUnit(wiring.Component):
                     busy.eq(1), pc.eq(self.head_pc), row_addr.eq(head.dram),
                     stride.eq(head.stride), length.eq(head.length), rows_left.eq(head.rows),
                     word.eq(0), sram_row.eq(head.sram), depth.eq(head_depth),
+                    span.eq(Mux(head_nm, head.length >> shift, head.length)),
                 ]
                 desc = data.View(desc_lay, inflight.w_data)
                 m.d.comb += [
@@ -188,7 +213,21 @@ class LoadUnit(wiring.Component):
             with m.If((cur.buffer == Buffer.WEIGHT) & decoder.invalid):
                 m.d.comb += [resp_error.eq(ErrorCode.BAD_WEIGHT), resp_error_pc.eq(cur.pc)]
             with m.Elif(cur.buffer == Buffer.WEIGHT):
-                m.d.comb += [self.w_en.eq(1), self.w_addr.eq(addr), self.w_data.eq(decoder.trits)]
+                m.d.comb += [self.w_en.eq(-1), self.w_addr.eq(addr), self.w_data.eq(decoder.trits)]
+                if p.nm:
+                    with m.If(cur.encoding == WeightEncoding.NM):
+                        # Word 2i: lanes 0 .. 2P-1 of row i; word 2i+1: lanes 2P .. 4P-1, and
+                        # the lanes past 4P cleared.
+                        lb, half = p.wbuf_lane_bits, NM_SLOTS_PER_BYTE * p.port_bytes
+                        slots = decoder.trits[:lb * half]
+                        g = self.w_granules(p)
+                        per_half = half // p.port_bytes
+                        low = (1 << per_half) - 1
+                        m.d.comb += [
+                            self.w_addr.eq(cur.sram + (offset >> shift)),
+                            self.w_data.eq(Cat(slots, slots, Const(0, lb * p.row_lanes))),
+                            self.w_en.eq(Mux(offset[0], ((1 << g) - 1) & ~low, low)),
+                        ]
             with m.Else():
                 m.d.comb += [self.a_en.eq(1), self.a_addr.eq(addr), self.a_data.eq(resp)]
             with m.If(last):

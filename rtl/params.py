@@ -122,10 +122,15 @@ class ArrayParams:
         return NM_WORDS_PER_ROW * NM_SLOTS_PER_BYTE * self.port_bytes
 
     @property
+    def nm(self) -> bool:
+        """The scale point implements N:M slots (`WeightEncoding.NM`)."""
+        return WeightEncoding.NM in self.encodings
+
+    @property
     def wbuf_lane_bits(self) -> int:
         """Bits per lane in a weight-buffer row: (nonzero, negative), and with the NM encoding
         the slot offset d (3 bits) above them."""
-        return 5 if WeightEncoding.NM in self.encodings else 2
+        return 5 if self.nm else 2
 
     @property
     def lanes(self) -> int:

@@ -141,9 +141,12 @@ class Accelerator(wiring.Component):
         m.d.comb += disp.full.eq(Cat(*full))
 
         # -- buffers ---------------------------------------------------------------------------
-        m.submodules.wbuf = wbuf = Memory(shape=2 * p.row_lanes, depth=p.wbuf_rows, init=[])
+        m.submodules.wbuf = wbuf = Memory(shape=p.wbuf_lane_bits * p.row_lanes,
+                                          depth=p.wbuf_rows, init=[])
         m.submodules.abuf = abuf = Memory(shape=p.port_bits, depth=p.abuf_rows, init=[])
-        wbuf_w, (wbuf_r, wbuf_data) = wbuf.write_port(), read_port(m, wbuf)
+        # N:M words write half rows: an enable per `port_bytes` lanes.
+        gran = {"granularity": p.wbuf_lane_bits * p.port_bytes} if p.nm else {}
+        wbuf_w, (wbuf_r, wbuf_data) = wbuf.write_port(**gran), read_port(m, wbuf)
         abuf_w, (abuf_r, abuf_data) = abuf.write_port(), read_port(m, abuf)
         if p.acc_in_lanes:
             m.d.comb += store.c_rdata.eq(comp.acc_out)
@@ -162,7 +165,7 @@ class Accelerator(wiring.Component):
                 acc_rs.addr.eq(store.c_raddr), store.c_rdata.eq(acc_rs.data),
             ]
         m.d.comb += [
-            wbuf_w.en.eq(load.w_en & run), wbuf_w.addr.eq(load.w_addr),
+            wbuf_w.en.eq(load.w_en & run.replicate(len(load.w_en))), wbuf_w.addr.eq(load.w_addr),
             wbuf_w.data.eq(load.w_data),
             abuf_w.en.eq(load.a_en & run), abuf_w.addr.eq(load.a_addr),
             abuf_w.data.eq(load.a_data),

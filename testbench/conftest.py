@@ -9,19 +9,20 @@ import os
 
 import pytest
 
+from rtl.isa import WeightEncoding
 from rtl.params import ArrayParams, MemTiming, scale_point
 
 #: Whole-accelerator configurations under test: the `tiny` scale point (one token lane, one
 #: accumulator group held in the lanes, no instruction queues, base-3 decoded from block RAM),
 #: and a second shape with two token lanes, an accumulator buffer of several groups, queues, a
-#: combinational decoder, a wider port, a short latency and small queues to stress
-#: back-pressure inside.
+#: combinational decoder, every weight encoding including N:M slots (so a port of 8 x 2 bytes),
+#: a short latency and small queues to stress back-pressure inside.
 CONFIGS = {
     "tiny": scale_point("tiny"),
-    "lanes2": ArrayParams(name="lanes2", port_bytes=8, token_lanes=2, wbuf_rows=96,
+    "lanes2": ArrayParams(name="lanes2", port_bytes=16, token_lanes=2, wbuf_rows=96,
                           abuf_rows=64, acc_groups=6, queue_depth=2, token_depth=4,
                           loads_in_flight=3, imem_depth=512, max_k=4096, counter_bits=40,
-                          mem=MemTiming(read_latency=3)),
+                          encodings=tuple(WeightEncoding), mem=MemTiming(read_latency=3)),
 }
 
 

@@ -10,13 +10,31 @@ import numpy as np
 from compiler.tiling import (
     unpack_results,
 )
-from rtl.isa import FORMATS, Buffer, ErrorCode, Halt, Load, MatMul, Opcode, Store, WeightEncoding
+from rtl.isa import (
+    FORMATS,
+    NM_EMPTY,
+    NM_INVALID,
+    NM_M,
+    NM_MAX_N,
+    NM_MIN_N,
+    NM_SLOTS_PER_BYTE,
+    NM_WORDS_PER_ROW,
+    Buffer,
+    ErrorCode,
+    Halt,
+    Load,
+    MatMul,
+    Opcode,
+    Store,
+    WeightEncoding,
+    nm_slot_table,
+)
 from rtl.params import ArrayParams
 from sim.backend import Job, MemoryImage, projection_job
 from sim.golden import pack_trits, ternary_matmul
 
 __all__ = ["Case", "projection_case", "projection_cases", "special_cases", "fuzz_job",
-           "error_cases"]
+           "error_cases", "nm_words", "nm_case"]
 
 
 @dataclass
@@ -29,6 +47,7 @@ class Case:
     expected: np.ndarray | None = None
     error: ErrorCode = ErrorCode.NONE
     error_pc: int | None = None
+    slots: np.ndarray | None = None     # an N:M case's slot codes (buffer rows, lanes)
 
     def outputs(self, result) -> np.ndarray:
         return unpack_results(self.plan, result.region(self.plan.y_base, self.plan.y_words))
@@ -69,6 +88,93 @@ def projection_cases(params: ArrayParams, seed: int, count: int) -> list:
             kw["slots"] = 2
         cases.append(projection_case(params, f"seed{seed}-{i}-n{n}k{k}t{t}-{enc.name}", w, x,
                                      enc, **kw))
+    if params.nm:
+        cases += nm_cases(params, seed, max(1, count // 3))
+        # Planned by the compiler: N:M sparse weights (at most N non-zeros per row and group
+        # of 8 columns), k off the group grid.
+        for i in range(2):
+            n_slots = int(rng.integers(NM_MIN_N, NM_MAX_N + 1))
+            n = int(rng.integers(1, 2 * params.nm_rows + 3))
+            k = int(rng.choice([NM_M, 3 * NM_M + 5, rng.integers(1, 120)]))
+            t = int(rng.integers(1, params.max_tokens + 1))
+            w = rng.integers(-1, 2, (n, -(-k // NM_M) * NM_M)).astype(np.int8)
+            groups = w.reshape(n, -1, NM_M)
+            for g in np.ndindex(groups.shape[:2]):
+                nz = np.flatnonzero(groups[g])
+                groups[g][rng.permutation(nz)[n_slots:]] = 0
+            w = np.ascontiguousarray(w[:, :k])
+            x = rng.integers(-128, 128, (t, k)).astype(np.int8)
+            cases.append(projection_case(params, f"seed{seed}-plan{i}-n{n}k{k}t{t}-nm{n_slots}",
+                                         w, x, WeightEncoding.NM, nm=n_slots))
+    return cases
+
+
+def nm_words(params: ArrayParams, codes: np.ndarray) -> np.ndarray:
+    """N:M slot codes (buffer rows, nm_rows lanes) -> memory words, two per buffer row: lanes
+    0 .. 2P-1, then 2P .. 4P-1, lane 2i in the low nibble of byte i (rtl/isa.py)."""
+    half = NM_SLOTS_PER_BYTE * params.port_bytes
+    lanes = codes.reshape(-1, NM_WORDS_PER_ROW, half)
+    return (lanes[..., 0::2] | (lanes[..., 1::2] << 4)).reshape(-1, params.port_bytes) \
+        .astype(np.uint8)
+
+
+def nm_case(params: ArrayParams, name: str, seed: int, n_slots: int, k: int, tokens: int,
+            n_rows: int, empty: float = 0.3) -> Case:
+    """A hand-written N:M program (LOAD slots, LOAD activations, MATMUL nm=N, STORE) on random
+    slot codes, its result computed slot by slot from the encoding's definition: slot c of
+    group q adds its trit times x[8q + (c + d) mod 8]. Independent of the compiler."""
+    p = params
+    rng = np.random.default_rng(seed)
+    groups = k // NM_M
+    codes = rng.integers(0, 16, (groups * n_slots, p.nm_rows)).astype(np.uint8)
+    codes[(codes == NM_INVALID) | (rng.random(codes.shape) < empty)] = NM_EMPTY
+    words = nm_words(p, codes)
+    x = rng.integers(-128, 128, (tokens, k)).astype(np.int8)
+    table = nm_slot_table()
+    trit = np.array([e[0] if e else 0 for e in table], np.int64)[codes]
+    col = (np.arange(len(codes))[:, None] // n_slots * NM_M
+           + (np.arange(len(codes))[:, None] % n_slots
+              + np.array([e[1] if e else 0 for e in table])[codes]) % NM_M)
+    want = np.zeros((tokens, p.row_lanes), np.int64)
+    for r in range(min(n_rows, p.nm_rows)):
+        want[:, r] = x[:, col[:, r]].astype(np.int64) @ trit[:, r]
+    lt = p.token_lanes
+    g = -(-tokens // lt)
+    xp = np.zeros((g * lt, k), np.int8)
+    xp[:tokens] = x
+    gw = -(-k * lt // p.port_bytes)
+    x_words = np.zeros((g, gw * p.port_bytes), np.uint8)
+    x_words[:, :k * lt] = xp.reshape(g, lt, k).transpose(0, 2, 1).reshape(g, -1).view(np.uint8)
+    mem = MemoryImage(p.port_bytes)
+    mem.add(0, words)
+    x_base = len(words)
+    mem.add(x_base, x_words.reshape(-1, p.port_bytes))
+    y_base = x_base + g * gw
+    out = p.out_words_per_token
+    prog = [Load(buffer=Buffer.WEIGHT, encoding=WeightEncoding.NM, rows=1, length=len(words),
+                 dram=0),
+            Load(buffer=Buffer.ACT, rows=g, length=gw, dram=x_base, stride=gw, push_next=1),
+            MatMul(nm=n_slots, k_len=k, tokens=tokens, n_rows=n_rows, x_stride=gw, pop_prev=1,
+                   push_next=1),
+            Store(tokens=tokens, words=out, dram=y_base, stride=out, pop_prev=1),
+            Halt()]
+    plan = _ResultRegion(n=n_rows, tokens=tokens, y_base=y_base, y_words=tokens * out)
+    return Case(name, Job(prog, mem), plan, want[:, :n_rows].astype(np.int32), slots=codes)
+
+
+def nm_cases(params: ArrayParams, seed: int, count: int) -> list:
+    """Random N:M programs: every N, one to several groups, rows past the N:M lanes."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(count):
+        n_slots = int(rng.integers(NM_MIN_N, NM_MAX_N + 1))
+        k = NM_M * int(rng.integers(1, 6))
+        t = int(rng.choice([1, 2, params.token_lanes + 1, params.max_tokens]))
+        n_rows = int(rng.choice([1, params.nm_rows, params.row_lanes,
+                                 rng.integers(1, params.row_lanes + 1)]))
+        cases.append(nm_case(params, f"seed{seed}-{i}-nm{n_slots}k{k}t{t}r{n_rows}",
+                             int(rng.integers(1 << 30)), n_slots, k, t, n_rows,
+                             empty=float(rng.choice([0.0, 0.3, 1.0]))))
     return cases
 
 
@@ -118,6 +224,10 @@ def fuzz_job(params: ArrayParams, seed: int, length: int = 24) -> Job:
     words = 256
     trits = rng.integers(-1, 2, words * 5 * p.port_bytes).astype(np.int8)
     mem.add(0, pack_trits(trits, WeightEncoding.BASE3).reshape(words, p.port_bytes))
+    if p.nm:    # N:M slot codes after the base-3 words
+        codes = rng.integers(0, 16, (words // 2, p.nm_rows)).astype(np.uint8)
+        codes[codes == NM_INVALID] = NM_EMPTY
+        mem.add(words, nm_words(p, codes))
     prog = []
     for _ in range(length):
         kind = rng.choice(["load", "matmul", "store"], p=[0.45, 0.35, 0.2])
@@ -128,15 +238,23 @@ def fuzz_job(params: ArrayParams, seed: int, length: int = 24) -> Job:
             buf = Buffer(int(rng.integers(0, 2)))
             depth = p.wbuf_rows if buf == Buffer.WEIGHT else p.abuf_rows
             length_ = int(rng.integers(1, 6))
-            prog.append(Load(buffer=buf, encoding=0, sram=int(rng.integers(0, depth - 12)),
+            enc, dram = 0, int(rng.integers(0, words - 12))
+            if p.nm and buf == Buffer.WEIGHT and rng.random() < 0.4:
+                enc, length_ = WeightEncoding.NM, 2 * int(rng.integers(1, 4))
+                dram += words
+            prog.append(Load(buffer=buf, encoding=enc, sram=int(rng.integers(0, depth - 12)),
                              rows=int(rng.integers(1, 3)), length=length_,
-                             dram=int(rng.integers(0, words - 12)), stride=length_, **flags))
+                             dram=dram, stride=length_, **flags))
         elif kind == "matmul":
             tokens = int(rng.integers(1, p.max_tokens + 1))
-            prog.append(MatMul(accumulate=int(rng.integers(0, 2)),
+            nm, k_len = 0, int(rng.integers(1, 8))
+            if p.nm and rng.random() < 0.4:
+                nm = int(rng.integers(NM_MIN_N, NM_MAX_N + 1))
+                k_len = NM_M * int(rng.integers(1, 3))
+            prog.append(MatMul(accumulate=int(rng.integers(0, 2)), nm=nm,
                                wbuf=int(rng.integers(0, p.wbuf_rows - 8)),
                                abuf=int(rng.integers(0, p.abuf_rows // 2)),
-                               acc=0, k_len=int(rng.integers(1, 8)), tokens=tokens,
+                               acc=0, k_len=k_len, tokens=tokens,
                                n_rows=int(rng.integers(1, p.row_lanes + 1)),
                                x_stride=int(rng.integers(0, 3)), **flags))
         else:
@@ -203,6 +321,31 @@ def error_cases(params: ArrayParams) -> list:
     code3.add(0, word)
     case("code2-0b11", [Load(rows=1, length=2, encoding=WeightEncoding.CODE2), Halt()],
          ErrorCode.BAD_WEIGHT, 0, code3)
+    nm = WeightEncoding.NM
+    if p.nm:
+        codes = np.full((2, p.nm_rows), NM_EMPTY, np.uint8)
+        codes[1, 5] = NM_INVALID
+        slots = MemoryImage(p.port_bytes)
+        slots.add(0, nm_words(p, codes))
+        case("nm-slot-0b1111", [Load(rows=1, length=4, encoding=nm), Halt()],
+             ErrorCode.BAD_WEIGHT, 0, slots)
+        case("nm-odd-length", [Load(rows=1, length=3, encoding=nm), Halt()],
+             ErrorCode.BAD_FIELD, 0)
+        case("nm-second-row-past-buffer",
+             [Load(encoding=nm, sram=p.wbuf_rows - 3, rows=2, length=4), Halt()],
+             ErrorCode.BAD_ADDRESS, 0)
+        case("matmul-nm-1", [MatMul(nm=1, k_len=8, tokens=1, n_rows=1), Halt()],
+             ErrorCode.BAD_FIELD, 0)
+        case("matmul-nm-partial-group", [MatMul(nm=3, k_len=12, tokens=1, n_rows=1), Halt()],
+             ErrorCode.BAD_FIELD, 0)
+        # The slots run past the buffer: wbuf + (k_len / 8) * N rows.
+        case("matmul-nm-past-wbuf", [MatMul(nm=5, wbuf=p.wbuf_rows - 9, k_len=16, tokens=1,
+                                            n_rows=1), Halt()], ErrorCode.BAD_ADDRESS, 0)
+    else:
+        case("load-nm-not-built", [Load(rows=1, length=2, encoding=nm), Halt()],
+             ErrorCode.BAD_FIELD, 0)
+        case("matmul-nm-not-built", [MatMul(nm=2, k_len=8, tokens=1, n_rows=1), Halt()],
+             ErrorCode.BAD_FIELD, 0)
     enc = next(f for f in FORMATS[Opcode.LOAD] if f.name == "encoding")
     reserved = Load(rows=1, length=1).encode() | (3 << enc.lsb)
     case("reserved-encoding", [reserved, Halt()], ErrorCode.BAD_FIELD, 0)

@@ -10,7 +10,12 @@ import pytest
 
 from rtl.decoder import WeightDecoder
 from rtl.params import scale_point
-from rtl.tests.test_units_amaranth import DECODER_PARAMS, check_decoder_outputs, decoder_vectors
+from rtl.tests.test_units_amaranth import (
+    DECODER_PARAMS,
+    NM_DECODER_PARAMS,
+    check_decoder_outputs,
+    decoder_vectors,
+)
 
 from .verilator import build, run_cocotb
 
@@ -18,9 +23,9 @@ TOPLEVEL = "weight_decoder"
 SEEDS = range(1, 4)
 
 
-#: The combinational decoder, and the tiny scale point's registered one (base-3 tables in block
-#: RAM, read a cycle ahead).
-PARAMS = {"comb": DECODER_PARAMS, "registered": scale_point("tiny")}
+#: The combinational decoder, the tiny scale point's registered one (base-3 tables in block
+#: RAM, read a cycle ahead), and one with N:M slots as well.
+PARAMS = {"comb": DECODER_PARAMS, "registered": scale_point("tiny"), "nm": NM_DECODER_PARAMS}
 
 
 @pytest.fixture(scope="module", params=list(PARAMS))
@@ -48,7 +53,8 @@ def run_decoder(decoder, vectors) -> list:
 def test_decoder_vectors(decoder, seed):
     # Random valid words of both encodings, all 256 values of every byte position in both
     # (every valid base-3 byte decodes, 243..255 and any 0b11 code are invalid), several bad
-    # bytes at once, and the reserved encodings 2 and 3.
+    # bytes at once, the reserved encodings, and with N:M every byte value of slot codes
+    # (0b1111 in either nibble is invalid).
     params = decoder[0]
     t = time.monotonic()
     vectors = decoder_vectors(seed, params, n_random=200)

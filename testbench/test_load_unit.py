@@ -100,7 +100,7 @@ class Program:
         else:
             dram = self.next_free
             self.next_free += max(rows - 1, 0) * stride + length + rng.randint(0, 9)
-        fields = {"buffer": buf, "encoding": rng.choice(list(WeightEncoding)), "sram": sram,
+        fields = {"buffer": buf, "encoding": rng.choice(list(PARAMS.encodings)), "sram": sram,
                   "rows": rows, "length": length, "dram": dram, "stride": stride,
                   "pop_next": rng.random() < 0.4, "push_next": rng.random() < 0.5}
         fields.update(kw)

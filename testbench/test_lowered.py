@@ -6,7 +6,6 @@ import pytest
 from compiler.artifact import Artifact
 from compiler.lower import lower
 from compiler.synth import make_checkpoint
-from rtl.isa import WeightEncoding
 from rtl.params import scale_point
 from sim.machine import Simulator
 from sim.run import run_layer
@@ -15,7 +14,7 @@ from .conftest import verilator_backend
 
 
 @pytest.mark.parametrize("fmt", ["packed", "float"])
-@pytest.mark.parametrize("encoding", list(WeightEncoding))
+@pytest.mark.parametrize("encoding", scale_point("tiny").encodings, ids=lambda e: e.name)
 def test_lowered_layers_on_rtl(tmp_path, fmt, encoding):
     model = make_checkpoint(tmp_path / "model", "tiny", packed=fmt == "packed", seed=5)
     lower(model, tmp_path / "art", "tiny", encoding)

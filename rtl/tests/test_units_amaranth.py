@@ -12,7 +12,15 @@ import pytest
 from amaranth.sim import Simulator
 
 from rtl.decoder import WeightDecoder
-from rtl.isa import BASE3_VALID_BYTES, CODE2_INVALID, TRITS_PER_BYTE, WeightEncoding
+from rtl.isa import (
+    BASE3_VALID_BYTES,
+    CODE2_INVALID,
+    NM_INVALID,
+    NM_SLOTS_PER_BYTE,
+    TRITS_PER_BYTE,
+    WeightEncoding,
+    nm_slot_table,
+)
 from rtl.lane import TernaryLane
 from rtl.params import ACT_BITS, SCALE_POINTS, ArrayParams
 from sim.golden import pack_trits, unpack_trits
@@ -22,6 +30,10 @@ ACC_BITS = SCALE_POINTS["tiny"].acc_bits
 #: A small decoder: 4-byte port, 20 lanes.
 DECODER_PARAMS = ArrayParams(name="t", port_bytes=4, token_lanes=2, wbuf_rows=64, abuf_rows=64,
                              acc_groups=8, imem_depth=64)
+#: One with every encoding, N:M slots included (which need a port of 8 x token_lanes bytes).
+NM_DECODER_PARAMS = ArrayParams(name="nm", port_bytes=16, token_lanes=2, wbuf_rows=64,
+                                abuf_rows=64, acc_groups=8, imem_depth=64,
+                                encodings=tuple(WeightEncoding))
 X_MIN, X_MAX = -(1 << (ACT_BITS - 1)), (1 << (ACT_BITS - 1)) - 1
 #: Activations worth hitting often: both ends of int8 and the neighbours of zero.
 X_CORNERS = (X_MIN, X_MAX, X_MIN + 1, -1, 0, 1)
@@ -131,12 +143,18 @@ LANE_CASES = {
 
 # -- WeightDecoder model -------------------------------------------------------------------------
 
-def trit_field(trits) -> int:
-    """Lane l's 2-bit control at bits [2l+1:2l]: bit 0 nonzero, bit 1 negative."""
+def trit_field(trits, lane_bits: int = 2, offsets=None) -> int:
+    """Lane l's control at bits [b*l + b-1 : b*l] (b = `lane_bits`): bit 0 nonzero, bit 1
+    negative, bits 2..4 the N:M slot offset (b = 5 only)."""
     field = 0
     for lane, t in enumerate(trits):
-        field |= (int(t != 0) | int(t < 0) << 1) << (2 * lane)
+        d = int(offsets[lane]) if offsets is not None else 0
+        field |= (int(t != 0) | int(t < 0) << 1 | d << 2) << (lane_bits * lane)
     return field
+
+
+def _nm_codes(word: int, params: ArrayParams) -> list:
+    return [(word >> 4 * lane) & 0xF for lane in range(NM_SLOTS_PER_BYTE * params.port_bytes)]
 
 
 def decoder_model(params: ArrayParams, encoding: int, word: int):
@@ -144,12 +162,18 @@ def decoder_model(params: ArrayParams, encoding: int, word: int):
     if encoding not in {int(e) for e in params.encodings}:
         return None, 1
     enc = WeightEncoding(encoding)
+    lb = params.wbuf_lane_bits
+    if enc == WeightEncoding.NM:
+        slots = [nm_slot_table()[c] for c in _nm_codes(word, params)]
+        if None in slots:
+            return None, 1
+        return trit_field([t for t, _ in slots], lb, [d for _, d in slots]), 0
     raw = np.frombuffer(word.to_bytes(params.port_bytes, "little"), dtype=np.uint8)
     try:
         trits = unpack_trits(raw, enc, TRITS_PER_BYTE[enc] * params.port_bytes)
     except ValueError:
         return None, 1
-    return trit_field(trits), 0   # lanes past the encoding's reach (2-bit mode) read 0
+    return trit_field(trits, lb), 0   # lanes past the encoding's reach (2-bit mode) read 0
 
 
 def _word(byte_values) -> int:
@@ -157,6 +181,10 @@ def _word(byte_values) -> int:
 
 
 def _random_valid_bytes(rng: random.Random, params: ArrayParams, enc: WeightEncoding) -> list:
+    if enc == WeightEncoding.NM:
+        codes = [rng.choice([c for c in range(16) if c != NM_INVALID])
+                 for _ in range(NM_SLOTS_PER_BYTE * params.port_bytes)]
+        return [lo | hi << 4 for lo, hi in zip(codes[0::2], codes[1::2])]
     n = TRITS_PER_BYTE[enc] * params.port_bytes
     trits = np.array([rng.choice((-1, 0, 1)) for _ in range(n)], dtype=np.int8)
     return list(pack_trits(trits, enc))
@@ -174,9 +202,9 @@ def decoder_vectors(seed: int, params: ArrayParams, n_random: int = 50,
     rng = random.Random(seed)
     nbytes = params.port_bytes
     positions = range(nbytes) if positions is None else positions
-    base3, code2 = WeightEncoding.BASE3, WeightEncoding.CODE2
+    base3, code2, nm = WeightEncoding.BASE3, WeightEncoding.CODE2, WeightEncoding.NM
     out = []
-    for enc in (base3, code2):
+    for enc in (base3, code2) + ((nm,) if params.nm else ()):
         for i in range(n_random):
             out.append((f"random {enc.name} #{i}", enc, _word(_random_valid_bytes(rng, params,
                                                                                  enc)), 0))
@@ -191,6 +219,11 @@ def decoder_vectors(seed: int, params: ArrayParams, n_random: int = 50,
             b[j] = value
             bad = any((value >> (2 * i)) & 3 == CODE2_INVALID for i in range(4))
             out.append((f"CODE2 byte {j} = {value:#010b}", code2, _word(b), int(bad)))
+        for value in range(256) if params.nm else ():
+            b = _random_valid_bytes(rng, params, nm)
+            b[j] = value
+            bad = NM_INVALID in (value & 0xF, value >> 4)
+            out.append((f"NM byte {j} = {value:#04x}", nm, _word(b), int(bad)))
     for i in range(10):
         b = _random_valid_bytes(rng, params, base3)
         for j in rng.sample(range(nbytes), rng.randint(2, nbytes)):
@@ -219,10 +252,14 @@ def check_decoder_outputs(params: ArrayParams, vectors, got, seed) -> None:
         where = f"seed={seed} {label} (encoding={int(enc)}, word={word:#x})"
         assert invalid == want_invalid, f"{where}: invalid={invalid}, expected {want_invalid}"
         if want_trits is not None and trits != want_trits:
-            lanes = [f"lane {lane}: {trits >> 2 * lane & 3:02b} != {want_trits >> 2 * lane & 3:02b}"
-                     for lane in range(params.row_lanes) if (trits ^ want_trits) >> 2 * lane & 3]
-            raise AssertionError(f"{where}: trits differ (got != expected, bit 0 nz, bit 1 neg): "
-                                 + "; ".join(lanes))
+            lb = params.wbuf_lane_bits
+            mask = (1 << lb) - 1
+            lanes = [f"lane {lane}: {trits >> lb * lane & mask:0{lb}b} != "
+                     f"{want_trits >> lb * lane & mask:0{lb}b}"
+                     for lane in range(params.row_lanes)
+                     if (trits ^ want_trits) >> lb * lane & mask]
+            raise AssertionError(f"{where}: lane controls differ (got != expected, bit 0 nz, "
+                                 "bit 1 neg, bits 2..4 offset): " + "; ".join(lanes))
 
 
 # -- Amaranth simulation -------------------------------------------------------------------------
@@ -347,6 +384,14 @@ def test_decoder_vectors(seed):
     print(f"decoder seed={seed}: {len(vectors)} vectors in {time.monotonic() - t:.2f} s")
 
 
+def test_nm_decoder():
+    """N:M slot codes (2 per byte, on lanes 0 .. 2P-1), beside the dense encodings, with the
+    offset bits in the wider lane controls."""
+    params = NM_DECODER_PARAMS
+    vectors = decoder_vectors(7, params, n_random=20, positions=[0, 11])
+    check_decoder_outputs(params, vectors, simulate_decoder(params, vectors), 7)
+
+
 def test_registered_decoder():
     """The tiny scale point's decoder, whose base-3 tables are block RAM read a cycle ahead."""
     params = SCALE_POINTS["tiny"]
@@ -358,8 +403,9 @@ def test_registered_decoder():
 @pytest.mark.parametrize("only", list(WeightEncoding), ids=lambda e: e.name)
 def test_decoder_one_encoding_enabled(only):
     # With one encoding built in, the other is refused like a reserved value.
-    params = ArrayParams(name="one", port_bytes=4, token_lanes=2, wbuf_rows=64, abuf_rows=64,
-                         acc_groups=8, imem_depth=64, encodings=(only,))
+    params = ArrayParams(name="one", port_bytes=16 if only == WeightEncoding.NM else 4,
+                         token_lanes=2, wbuf_rows=64, abuf_rows=64, acc_groups=8, imem_depth=64,
+                         encodings=(only,))
     vectors = [(label, enc, word, int(expect or enc != only))
                for label, enc, word, expect in decoder_vectors(3, params, n_random=10,
                                                                positions=[])]

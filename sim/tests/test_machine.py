@@ -11,7 +11,6 @@ from compiler.tiling import (
 )
 from rtl.isa import (
     NM_EMPTY,
-    NM_INVALID,
     NM_M,
     Buffer,
     ErrorCode,
@@ -23,12 +22,12 @@ from rtl.isa import (
     Store,
     Unit,
     WeightEncoding,
-    nm_slot_table,
 )
 from rtl.params import ArrayParams, MemTiming, scale_point
 from sim.backend import Job, MemoryImage, random_projection_job
 from sim.golden import ternary_matmul
 from sim.machine import Simulator
+from testbench.programs import error_cases, nm_case
 
 SMALL = ArrayParams(name="small", port_bytes=4, token_lanes=2, wbuf_rows=64, abuf_rows=64,
                     acc_groups=8, imem_depth=2048, mem=MemTiming(read_latency=5))
@@ -120,89 +119,38 @@ def test_decode_is_port_bound_on_2b4t_shapes(n, k):
     assert bw >= 0.95, f"{n}x{k}: weight bandwidth {bw:.3f} of the port's peak"
 
 
+
 NM_PARAMS = ArrayParams(name="nm", port_bytes=16, token_lanes=2, wbuf_rows=64, abuf_rows=32,
                         acc_groups=4, encodings=tuple(WeightEncoding),
                         mem=MemTiming(read_latency=4))
-
-
-def nm_job(seed, n_slots, k, tokens, n_rows, bad_word=None):
-    """A hand-built N:M program with random slot codes (empty ones included) and the result
-    computed slot by slot from the encoding's definition in rtl/isa.py."""
-    p = NM_PARAMS
-    rng = np.random.default_rng(seed)
-    groups, half = k // NM_M, 2 * p.port_bytes
-    codes = rng.integers(0, 16, (groups * n_slots, p.nm_rows)).astype(np.uint8)
-    codes[codes == NM_INVALID] = NM_EMPTY
-    words = []
-    for row in codes:
-        for h in range(2):
-            lanes = row[h * half:(h + 1) * half]
-            words.append(lanes[0::2] | (lanes[1::2] << 4))
-    words = np.array(words, np.uint8)
-    if bad_word is not None:
-        words[bad_word, 3] = NM_INVALID
-    x = rng.integers(-128, 128, (tokens, k)).astype(np.int8)
-    want = np.zeros((tokens, p.row_lanes), np.int64)
-    table = nm_slot_table()
-    for i, row in enumerate(codes):
-        q, c = divmod(i, n_slots)
-        for r in range(n_rows):
-            t, d = table[row[r]]
-            want[:, r] += t * x[:, q * NM_M + (c + d) % NM_M].astype(np.int64)
-    lt = p.token_lanes
-    xp = np.zeros((-(-tokens // lt) * lt, k), np.int8)
-    xp[:tokens] = x
-    x_words = xp.reshape(-1, lt, k).transpose(0, 2, 1).reshape(-1, p.port_bytes).view(np.uint8)
-    mem = MemoryImage(p.port_bytes)
-    mem.add(0, words)
-    mem.add(1000, x_words)
-    gw = k * lt // p.port_bytes
-    g = -(-tokens // lt)
-    prog = [Load(buffer=Buffer.WEIGHT, encoding=WeightEncoding.NM, rows=1, length=len(words),
-                 dram=0),
-            Load(buffer=Buffer.ACT, rows=g, length=gw, dram=1000, stride=gw, push_next=1),
-            MatMul(nm=n_slots, k_len=k, tokens=tokens, n_rows=n_rows, x_stride=gw, pop_prev=1,
-                   push_next=1),
-            Store(tokens=tokens, words=p.out_words_per_token, dram=2000,
-                  stride=p.out_words_per_token, pop_prev=1),
-            Halt()]
-    return Job(prog, mem), want[:, :n_rows], codes
 
 
 @pytest.mark.parametrize("n_slots", [2, 3, 4, 7])
 def test_nm_matmul_adds_each_slot_at_its_column(n_slots):
     p = NM_PARAMS
     k, tokens, n_rows = 24, 3, 61
-    job, want, codes = nm_job(n_slots, n_slots, k, tokens, n_rows)
-    r = Simulator(p).run_one(job)
+    case = nm_case(p, f"nm{n_slots}", n_slots, n_slots, k, tokens, n_rows)
+    r = Simulator(p).run_one(case.job)
     assert r.status == Status.DONE, r.error
-    got = r.region(2000, tokens * p.out_words_per_token).reshape(tokens, -1).view("<i4")
-    assert np.array_equal(got[:, :n_rows], want)
+    assert np.array_equal(case.outputs(r), case.expected)
     # N cycles per group of 8 columns: the MATMUL retires G * (k / 8) * N + 1 after it issues.
     cyc = retire_cycles(r)
     steps = k // NM_M * n_slots
     issue = cyc[(Unit.LOAD, 1)] + 1
     assert cyc[(Unit.COMPUTE, 2)] == issue + 2 * steps + 1
     assert r.counters["BUSY_LANE_CYCLES"] == tokens * n_rows * steps
-    empty = int((codes[:, :n_rows] == NM_EMPTY).sum())
+    empty = int((case.slots[:, :n_rows] == NM_EMPTY).sum())
     assert r.counters["SKIPPED_ZERO"] == tokens * empty
 
 
 def test_nm_errors():
     p = NM_PARAMS
-    job, _, _ = nm_job(0, 2, 16, 1, 8, bad_word=5)
-    r = Simulator(p).run_one(job)
-    assert (r.status, r.error, r.error_pc) == (Status.ERROR, ErrorCode.BAD_WEIGHT, 0)
-    for ins in (MatMul(nm=1, k_len=8, tokens=1, n_rows=1),        # N below 2
-                MatMul(nm=4, k_len=12, tokens=1, n_rows=1),       # k_len not whole groups
-                Load(buffer=Buffer.WEIGHT, encoding=WeightEncoding.NM, rows=1, length=3)):
-        r = Simulator(p).run_one(Job([ins, Halt()], MemoryImage(p.port_bytes)))
-        assert (r.status, r.error) == (Status.ERROR, ErrorCode.BAD_FIELD), ins
-    # Without the encoding, N:M fields are refused.
-    r = Simulator(SMALL).run_one(Job([MatMul(nm=2, k_len=8, tokens=1, n_rows=1), Halt()],
-                                     MemoryImage(SMALL.port_bytes)))
-    assert (r.status, r.error) == (Status.ERROR, ErrorCode.BAD_FIELD)
-    # Slots past the weight buffer: wbuf + (k_len / 8) * N rows.
-    r = Simulator(p).run_one(Job([MatMul(nm=4, wbuf=p.wbuf_rows - 7, k_len=16, tokens=1,
-                                         n_rows=1), Halt()], MemoryImage(p.port_bytes)))
-    assert (r.status, r.error) == (Status.ERROR, ErrorCode.BAD_ADDRESS)
+    errors = [c for c in error_cases(p) if "nm" in c.name]
+    assert len(errors) == 6
+    for case in errors:
+        r = Simulator(p).run_one(case.job)
+        assert (r.status, r.error, r.error_pc) == (Status.ERROR, case.error, case.error_pc), \
+            case.name
+    for case in (c for c in error_cases(SMALL) if "nm" in c.name):
+        r = Simulator(SMALL).run_one(case.job)
+        assert (r.status, r.error) == (Status.ERROR, case.error), case.name
