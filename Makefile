@@ -50,6 +50,7 @@ verilog: $(STAMP)  ## write build/verilog/<scale point>.v for each scale point
 
 bench: $(STAMP)  ## benchmarks (simulator speed, bandwidth, utilization, compile time) -> docs/results.md
 	$(BIN)/python -m sim.bench --out $(BUILD)/bench --results docs/results.md
+	$(BIN)/python -m sim.nm_bench --results docs/results.md
 
 amdahl: $(STAMP)  ## the Amdahl ledger: sweeps, CSV/JSON and plots -> build/amdahl
 	$(BIN)/python -m sim.amdahl --out $(BUILD)/amdahl

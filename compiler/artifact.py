@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtl.isa import INSTR_BITS, WeightEncoding
+from rtl.isa import INSTR_BITS, NM_MAX_N, NM_MIN_N, WeightEncoding
 from rtl.params import ArrayParams, MemTiming
 
 from .tiling import Plan, plan_projection
@@ -67,6 +67,7 @@ class LayerEntry:
     sha256: str
     zeros: int               # zero weights (for the skipped-work figure)
     programs: dict           # {tokens: (first instruction, count)}
+    nm: int = 0              # N of its N:M slots (WeightEncoding.NM); 0 for dense weights
 
 
 @dataclass
@@ -112,6 +113,13 @@ class Artifact:
             files = manifest["files"]
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"{mpath}: malformed manifest ({type(e).__name__}: {e})") from None
+        # N:M layers carry their N; dense layers (and manifests older than N:M) have nm = 0.
+        for e in layers:
+            ok = (NM_MIN_N <= e.nm <= NM_MAX_N if encoding == WeightEncoding.NM
+                  else e.nm == 0) if type(e.nm) is int else False
+            if not ok:
+                raise ArtifactError(f"{mpath}: layer {e.name} has nm={e.nm!r}, not valid for "
+                                    f"{encoding.name} weights")
         arrays = {}
         for fname, shape_of in (("weights.bin", params.port_bytes), ("programs.bin", INSTR_BYTES)):
             fpath = path / fname
@@ -143,11 +151,12 @@ class Artifact:
         batch = min(tokens, self.token_batch)
         plan = plan_projection(self.params, layer.n, layer.k, tokens, self.encoding,
                                w_base=layer.w_offset, x_base=self.x_base, y_base=self.y_base,
-                               token_batch=batch)
+                               token_batch=batch, nm=layer.nm)
         if self.x_base + plan.x_words > self.y_base:
             plan = plan_projection(self.params, layer.n, layer.k, tokens, self.encoding,
                                    w_base=layer.w_offset, x_base=self.x_base,
-                                   y_base=self.x_base + plan.x_words, token_batch=batch)
+                                   y_base=self.x_base + plan.x_words, token_batch=batch,
+                                   nm=layer.nm)
         return plan
 
     def program(self, layer: LayerEntry, tokens: int) -> tuple:

@@ -1,13 +1,16 @@
 """Greedy generation with BitNet b1.58: projections on the accelerator, the rest on the host.
 
     python -m sim.generate MODEL_DIR (--prompt-ids 1,2,3 | --prompt TEXT) --max-new-tokens N
-        [--backend sim|verilator|golden] [--target default] [--logits FILE.npy] [--json]
+        [--backend sim|verilator|golden] [--target default | --artifact DIR]
+        [--logits FILE.npy] [--json]
 
 MODEL_DIR holds config.json and the checkpoint (packed or float). For the accelerator backends
 it is lowered on the fly to MODEL_DIR/accel-<target>-base3, or the artifact there is reused when
-it matches (see `sim.host.prepare_artifact`). --prompt needs MODEL_DIR/tokenizer.json and the
-`tokenizers` package. --logits saves the float32 logits of every processed position, shape
-[prompt length + N - 1, vocab]; row i is the output after consuming token i.
+it matches (see `sim.host.prepare_artifact`); --artifact runs one already lowered from
+MODEL_DIR instead (any encoding, e.g. N:M slots from `python -m compiler.lower --nm`).
+--prompt needs MODEL_DIR/tokenizer.json and the `tokenizers` package. --logits saves the
+float32 logits of every processed position, shape [prompt length + N - 1, vocab]; row i is the
+output after consuming token i.
 """
 
 import argparse
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.artifact import ArtifactError
+from compiler.artifact import Artifact, ArtifactError
 from compiler.checkpoint import CheckpointError
 from rtl.params import SCALE_POINTS
 
@@ -66,8 +69,12 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", choices=BACKENDS, default="sim",
                     help="where the ternary products run: the cycle-accurate simulator "
                          "(default), the RTL under Verilator, or golden numpy")
-    ap.add_argument("--target", choices=list(SCALE_POINTS), default="default",
-                    help="scale point to lower for (default: default)")
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("--target", choices=list(SCALE_POINTS), default="default",
+                       help="scale point to lower for (default: default)")
+    where.add_argument("--artifact", type=Path, metavar="DIR",
+                       help="run this artifact of MODEL_DIR (python -m compiler.lower, e.g. with "
+                            "--nm) instead of lowering; its target is the one it was built for")
     ap.add_argument("--precision", choices=PRECISIONS, default="float16",
                     help="attention precision on the host (default float16)")
     ap.add_argument("--check", action="store_true",
@@ -91,8 +98,14 @@ def main(argv=None) -> int:
                 raise ValueError("--prompt encodes to no tokens")
         else:
             prompt = parse_ids(args.prompt_ids)
+        art = None
+        if args.artifact is not None:
+            if args.backend == "golden":
+                raise ValueError("--artifact needs an accelerator backend (sim or verilator)")
+            art = Artifact.load(args.artifact)
+            args.target = art.params.name
         model = HostModel(args.model_dir, args.backend, args.target, args.precision, args.check,
-                          progress=sys.stderr.isatty() and not args.json)
+                          artifact=art, progress=sys.stderr.isatty() and not args.json)
         new, logits = model.generate(prompt, args.max_new_tokens)
         if args.logits is not None:
             args.logits.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,8 @@ Numerics (REFERENCE.md section 1), all floating point in float32:
 
 Weight formats (REFERENCE.md section 3A, `rtl.isa.WeightEncoding`): the Hugging Face row-blocked
 2-bit packing (`hf_pack`, `hf_unpack`) and the accelerator's flat trit streams (`pack_trits`,
-`unpack_trits`), base-3 (5 trits per byte) and 2-bit codes (4 per byte).
+`unpack_trits`), base-3 (5 trits per byte) and 2-bit codes (4 per byte), and N:M slot codes
+(`nm_encode`, `nm_decode`; `rtl.isa` NM): N 4-bit codes per row and group of 8 columns.
 """
 
 import ml_dtypes
@@ -24,15 +25,23 @@ import numpy as np
 from rtl.isa import (
     BASE3_VALID_BYTES,
     CODE2_INVALID,
+    NM_EMPTY,
+    NM_INVALID,
+    NM_M,
+    NM_MAX_N,
+    NM_MIN_N,
+    NM_SLOT_BITS,
     TRIT_CODE_OFFSET,
     TRITS_PER_BYTE,
     WeightEncoding,
     base3_decode_table,
+    nm_slot_table,
 )
 
 __all__ = [
     "EPS", "QMAX", "absmean_ternarize", "bitlinear", "dequantize", "hf_pack", "hf_unpack",
-    "pack_trits", "quantize_activations", "ternary_matmul", "unpack_trits",
+    "nm_decode", "nm_encode", "nm_group_nonzeros", "pack_trits", "quantize_activations",
+    "ternary_matmul", "unpack_trits",
 ]
 
 #: Lower clamp of gamma and of amax (as float32, like torch's ``clamp(min=1e-5)`` on float32).
@@ -64,6 +73,12 @@ _CODE2_TRITS = TRITS_PER_BYTE[WeightEncoding.CODE2]
 _CODE2_CODES = (np.arange(256)[:, None] >> (_CODE_BITS * np.arange(_CODE2_TRITS))) & _CODE_MASK
 _CODE2_WORDS = _word_table(_CODE2_CODES.astype(np.int8) - TRIT_CODE_OFFSET)
 _CODE2_BAD_BYTE = (_CODE2_CODES == CODE2_INVALID).any(axis=1)
+# N:M: slot code -> trit (0 for empty and invalid) and offset d; the one invalid code.
+_NM_TABLE = nm_slot_table()
+_NM_TRIT = np.array([e[0] if e else 0 for e in _NM_TABLE], dtype=np.int8)
+_NM_OFFSET = np.array([e[1] if e else 0 for e in _NM_TABLE], dtype=np.int8)
+_NM_SIGN_BIT = NM_SLOT_BITS - 1
+_NM_OFFSET_MASK = (1 << _NM_SIGN_BIT) - 1
 # Streams are coded in chunks of this many bytes, so temporaries stay in cache.
 _CHUNK_BYTES = 1 << 20
 
@@ -123,11 +138,17 @@ def _check_float(name: str, a, ndim: int) -> np.ndarray:
 
 
 def _check_encoding(encoding) -> WeightEncoding:
+    """A dense trit-stream encoding (N:M slots are not a trit stream: `nm_encode`)."""
+    dense = [e for e in WeightEncoding if e in TRITS_PER_BYTE]
     try:
-        return WeightEncoding(encoding)
+        enc = WeightEncoding(encoding)
     except ValueError:
-        names = ", ".join(f"{e.name}={int(e)}" for e in WeightEncoding)
-        raise ValueError(f"encoding must be a WeightEncoding ({names}), got {encoding!r}") from None
+        enc = None
+    if enc not in dense:
+        names = ", ".join(f"{e.name}={int(e)}" for e in dense)
+        raise ValueError(f"encoding must be a dense WeightEncoding ({names}), got "
+                         f"{encoding!r}") from None
+    return enc
 
 
 # -- numerics -------------------------------------------------------------------------------------
@@ -401,3 +422,112 @@ def unpack_trits(packed: np.ndarray, encoding: WeightEncoding, count: int) -> np
                              f"invalid 2-bit code 0b11")
         out = _CODE2_WORDS[used].view(np.int8)
     return out.reshape(-1)[:count]
+
+
+# -- N:M structured sparse weights ----------------------------------------------------------------
+
+def _check_nm(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) \
+            or not NM_MIN_N <= int(n) <= NM_MAX_N:
+        raise ValueError(f"n must be an integer in {NM_MIN_N}..{NM_MAX_N}, got {n!r}")
+    return int(n)
+
+
+def nm_group_nonzeros(w_t: np.ndarray) -> np.ndarray:
+    """Non-zero weights in every group of NM_M consecutive columns of every row.
+
+    Parameters
+    ----------
+    w_t : (R, K) int8 in {-1, 0, 1}; K past a multiple of NM_M counts as zero padding
+
+    Returns
+    -------
+    counts : (R, ceil(K / NM_M)) int8
+    """
+    w_t = _check_trits("w_t", w_t, 2)
+    return np.count_nonzero(_nm_groups(w_t), axis=2).astype(np.int8)
+
+
+def _nm_groups(w_t: np.ndarray) -> np.ndarray:
+    """(R, K) -> (R, G, NM_M), zero columns appended up to a multiple of NM_M."""
+    r, k = w_t.shape
+    pad = -k % NM_M
+    if pad:
+        w_t = np.concatenate([w_t, np.zeros((r, pad), w_t.dtype)], axis=1)
+    return w_t.reshape(r, -1, NM_M)
+
+
+def nm_encode(w_t: np.ndarray, n: int) -> np.ndarray:
+    """Encode ternary weights as N:M slot codes, canonically (`rtl.isa` NM).
+
+    Row r, group q (columns 8q .. 8q+7): the non-zero positions p_0 < p_1 < ... of the group
+    go in slots 0, 1, ... with offset d = p_c - c (0..6) and bit 3 set for -1; unused slots are
+    NM_EMPTY. The one exception: a group whose only non-zero weight is at column 7 has it in
+    slot 1 with d = 6 and slot 0 empty (d = 7 would be the empty or the invalid code).
+
+    Parameters
+    ----------
+    w_t : (R, K) int8 in {-1, 0, 1}, at most `n` non-zero weights per row and group; K past a
+        multiple of NM_M is padded with zero columns
+    n : slots per group, NM_MIN_N .. NM_MAX_N
+
+    Returns
+    -------
+    codes : (R, ceil(K / NM_M), n) uint8, slot c of row r and group q at [r, q, c]
+    """
+    w_t = _check_trits("w_t", w_t, 2)
+    n = _check_nm(n)
+    g = _nm_groups(w_t)
+    nz = g != 0
+    if g.size and (counts := np.count_nonzero(nz, axis=2)).max() > n:
+        r, q = _index(counts, counts > n)
+        raise ValueError(f"w_t row {r}, group {q} (columns {NM_M * q}..{NM_M * q + NM_M - 1}) "
+                         f"holds {int(counts[r, q])} non-zero weights, more than n = {n}")
+    # Positions of the non-zero weights in ascending order, NM_M for none: the first n of
+    # each group are slots 0 .. n-1 (a stable sort of "is zero" keeps the column order).
+    pos = np.argsort(~nz, axis=2, kind="stable")[:, :, :n].astype(np.int8)
+    used = np.take_along_axis(nz, pos, axis=2)
+    neg = np.take_along_axis(g, pos, axis=2) < 0
+    offset = pos - np.arange(n, dtype=np.int8)
+    codes = np.where(used, offset.astype(np.uint8) | (neg.astype(np.uint8) << _NM_SIGN_BIT),
+                     np.uint8(NM_EMPTY)).astype(np.uint8)
+    # A lone weight at column 7 sits in slot 1 with d = 6; slot 0 stays empty.
+    lone7 = used[:, :, 0] & (pos[:, :, 0] == NM_M - 1)
+    if lone7.any():
+        codes[lone7, 1] = (codes[lone7, 0] & ~np.uint8(_NM_OFFSET_MASK)) | np.uint8(NM_M - 2)
+        codes[lone7, 0] = NM_EMPTY
+    return codes
+
+
+def nm_decode(codes: np.ndarray) -> np.ndarray:
+    """Decode N:M slot codes as the hardware does (the inverse of `nm_encode`).
+
+    Slot c of group q adds its trit (+1, or -1 with bit 3 set) at column 8q + (c + d) mod 8;
+    slots that land on the same column add up, so a non-canonical code array can give values
+    outside {-1, 0, 1}. NM_EMPTY adds nothing.
+
+    Parameters
+    ----------
+    codes : (R, G, N) uint8 slot codes < 16, none equal to NM_INVALID
+
+    Returns
+    -------
+    w : (R, G * NM_M) int8
+    """
+    codes = _check_int("codes", codes, np.uint8, 3)
+    if codes.size and codes.max() >= 1 << NM_SLOT_BITS:
+        at = _index(codes, codes >= 1 << NM_SLOT_BITS)
+        raise ValueError(f"codes holds {int(codes[at])} at index {at}, not a "
+                         f"{NM_SLOT_BITS}-bit slot code")
+    bad = codes == NM_INVALID
+    if bad.any():
+        at = _index(codes, bad)
+        raise ValueError(f"codes holds the invalid slot code {NM_INVALID:#06b} at index {at}")
+    r, groups, n = codes.shape
+    w = np.zeros((r, groups, NM_M), dtype=np.int8)
+    cols = np.arange(NM_M, dtype=np.int8)
+    for c in range(n):
+        code = codes[:, :, c]
+        col = (c + _NM_OFFSET[code]) % NM_M
+        w += np.where(col[:, :, None] == cols, _NM_TRIT[code][:, :, None], np.int8(0))
+    return w.reshape(r, groups * NM_M)

@@ -184,6 +184,15 @@ def prepare_artifact(model_dir: Path, target: str = "default",
         raise HostError(str(e)) from None
 
 
+def _check_artifact(art: Artifact, ckpt: Checkpoint) -> None:
+    """An artifact given to a `HostModel` must hold the checkpoint's projections, in order."""
+    want = [(p.name, p.n, p.k) for p in ckpt.projections()]
+    have = [(e.name, e.n, e.k) for e in art.layers]
+    if want != have:
+        raise HostError(f"{art.path}: its projections are not those of {ckpt.path} "
+                        f"(lowered from another model?)")
+
+
 # -- the ledger -----------------------------------------------------------------------------------
 
 @dataclass
@@ -284,6 +293,8 @@ class HostModel:
         else:
             if artifact is None:
                 self.artifact, self.reused = prepare_artifact(self.model_dir, target, progress)
+            else:
+                _check_artifact(artifact, self.ckpt)
             self.projector = AcceleratorProjector(self.artifact, backend, check)
         self.backend = backend
         self._projs = {(p.layer, p.kind): p for p in self.ckpt.projections()}

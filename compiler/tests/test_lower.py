@@ -10,6 +10,7 @@ from compiler.artifact import Artifact, ArtifactError
 from compiler.lower import lower
 from compiler.synth import make_checkpoint
 from rtl.isa import WeightEncoding
+from rtl.params import scale_point
 from sim.run import main as run_main
 from sim.run import run_artifact
 
@@ -22,7 +23,7 @@ def models(tmp_path_factory):
 
 
 @pytest.mark.parametrize("fmt", ["packed", "float"])
-@pytest.mark.parametrize("encoding", list(WeightEncoding))
+@pytest.mark.parametrize("encoding", scale_point("tiny").encodings, ids=lambda e: e.name)
 def test_lowered_model_runs_bit_exact_on_simulator(models, tmp_path, fmt, encoding):
     out = tmp_path / "art"
     summary = lower(models[fmt], out, "tiny", encoding)

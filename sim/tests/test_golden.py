@@ -1,4 +1,5 @@
-"""Tests of sim.golden: the REFERENCE.md worked example, format vectors, round trips, refusals."""
+"""Tests of sim.golden: the REFERENCE.md worked example, format vectors, round trips, refusals,
+and the N:M slot codes."""
 
 import re
 
@@ -6,13 +7,25 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from rtl.isa import TRITS_PER_BYTE, WeightEncoding
+from rtl.isa import (
+    NM_EMPTY,
+    NM_INVALID,
+    NM_M,
+    NM_MAX_N,
+    NM_MIN_N,
+    TRITS_PER_BYTE,
+    WeightEncoding,
+    nm_slot_table,
+)
 from sim.golden import (
     absmean_ternarize,
     bitlinear,
     dequantize,
     hf_pack,
     hf_unpack,
+    nm_decode,
+    nm_encode,
+    nm_group_nonzeros,
     pack_trits,
     quantize_activations,
     ternary_matmul,
@@ -348,8 +361,10 @@ def test_trit_stream_refusals():
         pack_trits(np.array([0, 1, -1]), CODE2)
     with pytest.raises(ValueError, match=r"^trits must be 1-D"):
         pack_trits(np.zeros((2, 2), np.int8), CODE2)
-    with pytest.raises(ValueError, match=r"^encoding must be a WeightEncoding"):
+    with pytest.raises(ValueError, match=r"^encoding must be a dense WeightEncoding"):
         pack_trits(np.zeros(3, np.int8), 3)
+    with pytest.raises(ValueError, match=r"^encoding must be a dense WeightEncoding"):
+        unpack_trits(np.zeros(3, np.uint8), WeightEncoding.NM, 3)
     with pytest.raises(ValueError, match=r"^count = 11 is outside \[0, 10\]"):
         unpack_trits(np.zeros(2, np.uint8), BASE3, 11)
     with pytest.raises(ValueError, match=r"^count must be an integer"):
@@ -429,3 +444,119 @@ def test_dequantize_accepts_checkpoint_weight_scale():
     g = np.float32(scale[0])
     check_equal(y, ACC.astype(np.float32) * ((g * np.float32(1.27)) / np.float32(127)),
                 np.float32)
+
+
+# -- N:M slot codes ------------------------------------------------------------------------------
+
+def random_nm(seed: int, rows: int, k: int, n: int) -> np.ndarray:
+    """Ternary (rows, k) weights with 0..n non-zero weights in every group of 8 columns, and
+    some groups whose one weight sits at column 7."""
+    rng = np.random.default_rng(seed)
+    groups = -(-k // NM_M)
+    w = rng.choice(np.array([-1, 1], np.int8), (rows, groups, NM_M))
+    keep = rng.integers(0, n + 1, (rows, groups, 1))
+    rank = np.argsort(rng.random((rows, groups, NM_M)), axis=2).argsort(axis=2)
+    w = np.where(rank < keep, w, 0).astype(np.int8)
+    lone = rng.random((rows, groups)) < 0.1
+    w[lone] = 0
+    w[lone, NM_M - 1] = rng.choice(np.array([-1, 1], np.int8), int(lone.sum()))
+    return np.ascontiguousarray(w.reshape(rows, -1)[:, :k])
+
+
+def reference_nm_codes(w: np.ndarray, n: int) -> np.ndarray:
+    """The canonical encoding, one group at a time, straight from rtl.isa's description."""
+    rows, k = w.shape
+    groups = -(-k // NM_M)
+    out = np.full((rows, groups, n), NM_EMPTY, np.uint8)
+    for r in range(rows):
+        for q in range(groups):
+            cols = [j for j in range(NM_M) if NM_M * q + j < k and w[r, NM_M * q + j]]
+            slots = [1] if cols == [NM_M - 1] else range(len(cols))
+            for c, p in zip(slots, cols):
+                out[r, q, c] = (p - c) | (8 if w[r, NM_M * q + p] < 0 else 0)
+    return out
+
+
+def reference_nm_weights(codes: np.ndarray) -> np.ndarray:
+    """What the hardware adds: slot c's trit at column 8q + (c + d) mod 8, via nm_slot_table."""
+    table = nm_slot_table()
+    rows, groups, n = codes.shape
+    w = np.zeros((rows, groups * NM_M), np.int64)
+    for r, q, c in np.ndindex(codes.shape):
+        trit, d = table[codes[r, q, c]]
+        w[r, NM_M * q + (c + d) % NM_M] += trit
+    return w
+
+
+@pytest.mark.parametrize("group, n, codes", [
+    ([0, 1, 0, 0, -1, 0, 0, 0], 2, [0b0001, 0b1011]),      # d = p_c - c, bit 3 negative
+    ([0, 0, 0, 0, 0, 0, 0, 0], 3, [NM_EMPTY] * 3),          # unused slots are empty
+    ([0, 0, 0, 0, 0, 0, 0, 1], 2, [NM_EMPTY, 0b0110]),      # lone weight at column 7: slot 1
+    ([0, 0, 0, 0, 0, 0, 0, -1], 4, [NM_EMPTY, 0b1110, NM_EMPTY, NM_EMPTY]),
+    ([-1, 0, 0, 0, 0, 0, 0, 0], 2, [0b1000, NM_EMPTY]),
+    ([0, 0, 0, 0, 0, 0, 1, 1], 2, [0b0110, 0b0110]),        # two at the top: d = 6 twice
+    ([0, 1, 1, 1, 1, 1, 1, -1], 7, [1, 1, 1, 1, 1, 1, 0b1001]),
+    ([1, -1, 1, -1, 1, -1, 1, 0], 7, [0, 8, 0, 8, 0, 8, 0]),
+])
+def test_nm_encode_canonical_vectors(group, n, codes):
+    w = np.array([group], np.int8)
+    check_equal(nm_encode(w, n), np.array(codes).reshape(1, 1, n), np.uint8, f"{group} n={n}")
+    check_equal(nm_decode(nm_encode(w, n)), w, np.int8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2], ids=lambda s: f"seed={s}")
+@pytest.mark.parametrize("n", range(NM_MIN_N, NM_MAX_N + 1))
+@pytest.mark.parametrize("k", [8, 21, 64])
+def test_nm_encode_matches_reference_and_round_trips(seed, n, k):
+    w = random_nm(seed, 37, k, n)
+    codes = nm_encode(w, n)
+    check_equal(codes, reference_nm_codes(w, n), np.uint8, f"seed {seed}")
+    padded = np.zeros((37, codes.shape[1] * NM_M), np.int8)
+    padded[:, :k] = w
+    check_equal(nm_decode(codes), padded, np.int8, f"seed {seed}")
+    check_equal(nm_group_nonzeros(w), np.count_nonzero(padded.reshape(37, -1, NM_M), axis=2),
+                np.int8, f"seed {seed}")
+
+
+@pytest.mark.parametrize("seed", [0, 1], ids=lambda s: f"seed={s}")
+def test_nm_decode_follows_the_hardware_rule_for_any_codes(seed):
+    """Non-canonical codes too: offsets wrap mod 8 and slots on one column add up."""
+    codes = np.random.default_rng(seed).integers(0, 16, (20, 3, 5)).astype(np.uint8)
+    codes[codes == NM_INVALID] = NM_EMPTY
+    want = reference_nm_weights(codes)
+    assert np.abs(want).max() > 1, "the sample must hold a duplicate column"
+    check_equal(nm_decode(codes), want, np.int8, f"seed {seed}")
+    # Slot 3 with d = 5 lands on column 0; slots 0 (d = 1) and 1 (d = 0) both on column 1.
+    check_equal(nm_decode(np.array([[[0b0001, 0b0000, NM_EMPTY, 0b1101]]], np.uint8)),
+                np.array([[-1, 2, 0, 0, 0, 0, 0, 0]]), np.int8)
+
+
+def test_nm_large_projection_round_trip():
+    w = random_nm(4, 6912, 2560, 4)
+    check_equal(nm_decode(nm_encode(w, 4)), w, np.int8)
+
+
+def test_nm_refusals():
+    w = np.zeros((3, 16), np.int8)
+    w[2, 8:13] = 1
+    with pytest.raises(ValueError, match=r"^w_t row 2, group 1 \(columns 8\.\.15\) holds 5 "
+                                         r"non-zero weights, more than n = 4$"):
+        nm_encode(w, 4)
+    nm_encode(w, 5)
+    for n in (NM_MIN_N - 1, NM_MAX_N + 1, 4.0, True):
+        with pytest.raises(ValueError, match=r"^n must be an integer in 2\.\.7"):
+            nm_encode(w, n)
+    with pytest.raises(ValueError, match=r"^w_t holds values outside"):
+        nm_encode(np.full((1, 8), 2, np.int8), 2)
+    codes = np.full((2, 2, 3), NM_EMPTY, np.uint8)
+    codes[1, 0, 2] = NM_INVALID
+    with pytest.raises(ValueError, match=r"^codes holds the invalid slot code 0b1111 at index "
+                                         r"\(1, 0, 2\)$"):
+        nm_decode(codes)
+    codes[1, 0, 2] = 16
+    with pytest.raises(ValueError, match=r"^codes holds 16 at index \(1, 0, 2\), not a 4-bit"):
+        nm_decode(codes)
+    with pytest.raises(ValueError, match=r"^codes must be uint8, got int8$"):
+        nm_decode(codes.astype(np.int8))
+    with pytest.raises(ValueError, match=r"^codes must be 3-D"):
+        nm_decode(codes[0])
