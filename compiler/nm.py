@@ -83,6 +83,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rtl.isa import NM_M
 from sim.golden import absmean_ternarize
 from sim.host import HostError, HostModel
 
@@ -92,12 +93,13 @@ from .synth import TensorSpec, write_streaming
 
 __all__ = [
     "M", "OUTLIER_FACTOR", "NMError", "Encoded", "Sparse", "allocate", "calibrate",
-    "encode_float", "evaluate", "main", "nm_mask", "outlier_ratio", "parse_ids", "parse_nm",
+    "encode_float", "evaluate", "main", "metadata_bits", "nm_mask", "outlier_ratio", "parse_ids",
+    "parse_nm",
     "prune", "sparsify", "standardized_importance",
 ]
 
-#: Group size: N of every M consecutive input channels are kept.
-M = 8
+#: Group size: N of every M consecutive input channels are kept (the accelerator's N:M group).
+M = NM_M
 #: An importance value above this many times the layer's mean is an outlier (STBLLM).
 OUTLIER_FACTOR = 6.0
 #: The base ratio of ``--nm auto``.
@@ -422,10 +424,15 @@ def calibrate(model: HostModel, sequences: Sequence[Sequence[int]],
 
 # -- the pass -------------------------------------------------------------------------------------
 
+def metadata_bits(n: int, m: int = M) -> float:
+    """Minimal position metadata per weight: which N of M positions are kept, log2(C(M, N)) / M."""
+    return math.log2(math.comb(m, n)) / m
+
+
 def _bits(n: int, m: int, binary: bool) -> dict:
     return {"nominal_bits": n / m,
             "value_bits": n / m if binary else n * math.log2(3) / m,
-            "metadata_bits": math.log2(math.comb(m, n)) / m}
+            "metadata_bits": metadata_bits(n, m)}
 
 
 def _check_out(out: Path, model_dir: Path) -> None:

@@ -239,8 +239,8 @@ class ComputeUnit(wiring.Component):
         pos = []
         for r in range(p.row_lanes):
             if p.nm:
-                d = self.w_data[lb * r + 2:lb * r + 5]
-                pos_r = Signal(3, name=f"pos_{r}")
+                d = self.w_data[lb * r + 2:lb * (r + 1)]
+                pos_r = Signal.like(d, name=f"pos_{r}")
                 m.d.comb += pos_r.eq(Mux(s1_nm, s1_slot + d, 0))
                 pos.append(pos_r)
         for j in range(p.token_lanes):

@@ -10,6 +10,7 @@ from .isa import (
     CODE2_INVALID,
     NM_EMPTY,
     NM_INVALID,
+    NM_OFFSET_BITS,
     NM_SLOT_BITS,
     NM_SLOTS_PER_BYTE,
     TRIT_CODE_OFFSET,
@@ -78,7 +79,7 @@ class WeightDecoder(wiring.Component):
         lb = p.wbuf_lane_bits
 
         def put(lane, nz, neg, offset=None):
-            ctl = Cat(nz, neg, Const(0, 3) if offset is None else offset)[:lb]
+            ctl = Cat(nz, neg, Const(0, NM_OFFSET_BITS) if offset is None else offset)[:lb]
             return self.trits[lb * lane:lb * (lane + 1)].eq(ctl)
 
         rows = []       # per byte: its base-3 trits, then an invalid bit
@@ -120,10 +121,13 @@ class WeightDecoder(wiring.Component):
                     bad = []
                     for lane in range(NM_SLOTS_PER_BYTE * nbytes):
                         code = self.word[NM_SLOT_BITS * lane:NM_SLOT_BITS * (lane + 1)]
-                        # bits [2:0] offset, bit 3 negative; 0b0111 empty, 0b1111 invalid.
-                        m.d.comb += put(lane, code[:3] != 0b111, code[3], code[:3])
+                        # The offset, then the sign; NM_EMPTY and NM_INVALID have every offset
+                        # bit set, and differ in the sign.
+                        offset, neg = code[:NM_OFFSET_BITS], code[NM_OFFSET_BITS]
+                        m.d.comb += put(lane, offset != NM_EMPTY, neg, offset)
                         bad.append(code == NM_INVALID)
-                    assert NM_EMPTY == 0b0111 and NM_INVALID == 0b1111
+                    assert NM_EMPTY == (1 << NM_OFFSET_BITS) - 1
+                    assert NM_INVALID == NM_EMPTY | 1 << NM_OFFSET_BITS
                     m.d.comb += self.invalid.eq(Cat(*bad).any())
             with m.Default():
                 m.d.comb += self.invalid.eq(1)

@@ -27,9 +27,9 @@ __all__ = [
     "Store", "Halt",
     "INSTR_CLASSES", "decode", "instr_layout", "header_layout", "TRACE_FIELDS", "TraceRecord",
     "trace_layout", "TRITS_PER_BYTE", "TRIT_CODE_OFFSET", "BASE3_VALID_BYTES", "CODE2_INVALID",
-    "COUNTER_BITS", "base3_decode_table", "NM_M", "NM_MIN_N", "NM_MAX_N", "NM_SLOT_BITS",
-    "NM_SLOTS_PER_BYTE", "NM_WORDS_PER_ROW", "NM_EMPTY", "NM_INVALID", "nm_slot_table",
-    "nm_bits_per_weight", "markdown",
+    "COUNTER_BITS", "base3_decode_table", "NM_M", "NM_MIN_N", "NM_MAX_N", "NM_OFFSET_BITS",
+    "NM_SLOT_BITS", "NM_SLOTS_PER_BYTE", "NM_WORDS_PER_ROW", "NM_EMPTY", "NM_INVALID",
+    "nm_slot_table", "nm_bits_per_weight", "markdown",
 ]
 
 #: Width of one instruction word.
@@ -107,8 +107,10 @@ NM_M = 8
 #: Slots per group a MATMUL accepts: its `nm` field is 0 (dense) or NM_MIN_N .. NM_MAX_N.
 NM_MIN_N = 2
 NM_MAX_N = 7
-#: Bits of one slot code, and codes per byte (lane 2i in the low nibble of byte i).
-NM_SLOT_BITS = 4
+#: Bits of a slot's offset d (a column within the group), of one slot code (the offset and a
+#: sign bit above it), and codes per byte (lane 2i in the low nibble of byte i).
+NM_OFFSET_BITS = (NM_M - 1).bit_length()
+NM_SLOT_BITS = NM_OFFSET_BITS + 1
 NM_SLOTS_PER_BYTE = 2
 #: Words per weight-buffer row of N:M slots: word 2i fills lanes 0 .. 2P-1 of buffer row i,
 #: word 2i+1 lanes 2P .. 4P-1 (and clears the top fifth, which N:M rows do not reach).
@@ -412,7 +414,7 @@ def nm_slot_table() -> list:
     """The 16 slot codes -> (trit, offset d), None for the invalid code; empty is (0, 7)."""
     table = []
     for code in range(1 << NM_SLOT_BITS):
-        d, neg = code & 7, code >> 3
+        d, neg = code & ((1 << NM_OFFSET_BITS) - 1), code >> NM_OFFSET_BITS
         if code == NM_INVALID:
             table.append(None)
         elif code == NM_EMPTY:

@@ -7,7 +7,14 @@ depth is never written twice. Like `rtl.isa`, it never elaborates hardware.
 
 from dataclasses import dataclass, field
 
-from .isa import COUNTER_BITS, NM_M, NM_SLOTS_PER_BYTE, NM_WORDS_PER_ROW, WeightEncoding
+from .isa import (
+    COUNTER_BITS,
+    NM_M,
+    NM_OFFSET_BITS,
+    NM_SLOTS_PER_BYTE,
+    NM_WORDS_PER_ROW,
+    WeightEncoding,
+)
 
 __all__ = ["ArrayParams", "MemTiming", "SCALE_POINTS", "scale_point"]
 
@@ -130,7 +137,7 @@ class ArrayParams:
     def wbuf_lane_bits(self) -> int:
         """Bits per lane in a weight-buffer row: (nonzero, negative), and with the NM encoding
         the slot offset d (3 bits) above them."""
-        return 5 if self.nm else 2
+        return 2 + (NM_OFFSET_BITS if self.nm else 0)
 
     @property
     def lanes(self) -> int:

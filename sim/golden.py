@@ -40,8 +40,8 @@ from rtl.isa import (
 
 __all__ = [
     "EPS", "QMAX", "absmean_ternarize", "bitlinear", "dequantize", "hf_pack", "hf_unpack",
-    "nm_decode", "nm_encode", "nm_group_nonzeros", "pack_trits", "quantize_activations",
-    "ternary_matmul", "unpack_trits",
+    "nm_decode", "nm_encode", "nm_group_nonzeros", "nm_slot_fields", "pack_trits",
+    "quantize_activations", "ternary_matmul", "unpack_trits",
 ]
 
 #: Lower clamp of gamma and of amax (as float32, like torch's ``clamp(min=1e-5)`` on float32).
@@ -77,6 +77,7 @@ _CODE2_BAD_BYTE = (_CODE2_CODES == CODE2_INVALID).any(axis=1)
 _NM_TABLE = nm_slot_table()
 _NM_TRIT = np.array([e[0] if e else 0 for e in _NM_TABLE], dtype=np.int8)
 _NM_OFFSET = np.array([e[1] if e else 0 for e in _NM_TABLE], dtype=np.int8)
+_NM_INVALID = np.array([e is None for e in _NM_TABLE])
 _NM_SIGN_BIT = NM_SLOT_BITS - 1
 _NM_OFFSET_MASK = (1 << _NM_SIGN_BIT) - 1
 # Streams are coded in chunks of this many bytes, so temporaries stay in cache.
@@ -497,6 +498,12 @@ def nm_encode(w_t: np.ndarray, n: int) -> np.ndarray:
         codes[lone7, 1] = (codes[lone7, 0] & ~np.uint8(_NM_OFFSET_MASK)) | np.uint8(NM_M - 2)
         codes[lone7, 0] = NM_EMPTY
     return codes
+
+
+def nm_slot_fields(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Slot codes (uint8 < 16, any shape) -> (trit, offset d, invalid), each of that shape: the
+    lookup of `rtl.isa.nm_slot_table`. Empty and invalid codes have trit 0."""
+    return _NM_TRIT[codes], _NM_OFFSET[codes], _NM_INVALID[codes]
 
 
 def nm_decode(codes: np.ndarray) -> np.ndarray:

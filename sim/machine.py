@@ -51,12 +51,11 @@ from rtl.isa import (
     Unit,
     WeightEncoding,
     decode,
-    nm_slot_table,
 )
 from rtl.params import ArrayParams
 
 from .backend import Job, MemoryImage, RunResult
-from .golden import unpack_trits
+from .golden import nm_slot_fields, unpack_trits
 
 __all__ = ["Simulator"]
 
@@ -67,11 +66,6 @@ _NEVER = 1 << 62
 _PRIO_LOAD_RESP, _PRIO_LOAD_REQ, _PRIO_COMPUTE, _PRIO_STORE, _PRIO_OVERFLOW, _PRIO_DISPATCH, \
     _PRIO_DEADLOCK = range(7)
 
-# N:M slot codes -> trit and offset; the invalid code decodes to (0, 0) and is flagged.
-_NM_TABLE = nm_slot_table()
-_NM_TRIT = np.array([e[0] if e else 0 for e in _NM_TABLE], np.int8)
-_NM_OFFSET = np.array([e[1] if e else 0 for e in _NM_TABLE], np.int8)
-_NM_BAD = np.array([e is None for e in _NM_TABLE])
 
 
 def _ceil(a: int, b: int) -> int:
@@ -286,7 +280,7 @@ class _Run:
             else:
                 self.wbuf[ins.sram:ins.sram + n] = trits
                 self.wzero[ins.sram:ins.sram + n] = zeros
-            if WeightEncoding.NM in p.encodings:
+            if p.nm:
                 self.wpos[ins.sram:ins.sram + n][~bad] = 0
         else:
             self.abuf[ins.sram:ins.sram + n] = data
@@ -323,9 +317,8 @@ class _Run:
         codes = np.empty((len(words), self.p.port_bytes, NM_SLOTS_PER_BYTE), np.uint8)
         codes[:, :, 0] = words & 0xF
         codes[:, :, 1] = words >> 4
-        codes = codes.reshape(len(words), -1)
-        slots = np.stack([_NM_TRIT[codes], _NM_OFFSET[codes]])
-        return slots, _NM_BAD[codes].any(axis=1)
+        trit, offset, bad = nm_slot_fields(codes.reshape(len(words), -1))
+        return np.stack([trit, offset]), bad.any(axis=1)
 
     def _write_nm(self, sram: int, slots: np.ndarray, bad: np.ndarray):
         """Word i fills lanes h*2P .. h*2P + 2P - 1 (h = i % 2) of buffer row sram + i // 2; the

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compiler.nm import metadata_bits
 from compiler.tiling import unpack_results
 from rtl.isa import NM_M, WeightEncoding, nm_bits_per_weight
 from rtl.params import scale_point
@@ -58,11 +59,6 @@ ACC_BASE = 4
 
 
 # -- 1. bits per weight ---------------------------------------------------------------------------
-
-def metadata_bits(n: int, m: int = NM_M) -> float:
-    """Minimal position metadata: which N of M positions are kept, log2(C(M, N)) / M."""
-    return math.log2(math.comb(m, n)) / m
-
 
 def bound_bits(n: int, m: int = NM_M) -> float:
     """Information in a group of M weights with at most N non-zeros of sign +-1, per weight."""
