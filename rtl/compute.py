@@ -4,10 +4,9 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .isa import INSTR_BITS, NM_M, NM_MIN_N, ErrorCode, Opcode, instr_layout
+from .isa import INSTR_BITS, NM_M, NM_MIN_N, PC_BITS, ErrorCode, Opcode, instr_layout
 from .lane import TernaryLane
 from .params import ArrayParams
-from .sequencer import PC_BITS
 
 __all__ = ["ComputeUnit", "popcount"]
 
@@ -46,6 +45,9 @@ class ComputeUnit(wiring.Component):
     Members
     -------
     head_valid, head_pc, head_instr : In
+    head_err : In(ErrorCode) (only when `predecoded`)
+        `static_error` of the head, computed when the program was written; without
+        `predecoded` the unit computes it from `head_instr`.
     take : Out(1)
     tok_prev, tok_next : In(1)
         A token from LOAD / from STORE is available.
@@ -66,11 +68,14 @@ class ComputeUnit(wiring.Component):
         Busy and zero-weight lane-cycles this cycle.
     """
 
-    def __init__(self, params: ArrayParams):
+    def __init__(self, params: ArrayParams, predecoded: bool = False):
         self.params = params
+        self.predecoded = predecoded
         p = params
         acc_row = p.lanes * p.acc_bits
         members = {"acc_out": Out(acc_row)} if p.acc_in_lanes else {}
+        if predecoded:
+            members["head_err"] = In(ErrorCode)
         super().__init__({
             **members,
             "head_valid": In(1), "head_pc": In(PC_BITS), "head_instr": In(INSTR_BITS),
@@ -86,6 +91,41 @@ class ComputeUnit(wiring.Component):
             "busy_lanes": Out(range(p.lanes + 1)), "skipped": Out(range(p.lanes + 1)),
         })
 
+    @staticmethod
+    def steps(m, p: ArrayParams, head) -> Signal:
+        """Steps per token group of MATMUL `head`: k_len, or (k_len / 8) * N slots, as shifts
+        and adds."""
+        steps = Signal(len(head.k_len) + 1)
+        groups8 = head.k_len >> (NM_M.bit_length() - 1)
+        if p.nm:
+            m.d.comb += steps.eq(Mux(head.nm == 0, head.k_len,
+                                     sum(Mux(head.nm[i], groups8 << i, 0)
+                                         for i in range(len(head.nm)))))
+        else:
+            m.d.comb += steps.eq(head.k_len)
+        return steps
+
+    @classmethod
+    def static_error(cls, m, p: ArrayParams, instr) -> Signal:
+        """What MATMUL `instr` alone refuses at issue (BAD_FIELD, BAD_ADDRESS) or NONE: the
+        checks that need no state, done once when the program is written (`rtl.predecode`)."""
+        head = data.View(instr_layout(Opcode.MATMUL), instr)
+        group_shift = NM_M.bit_length() - 1
+        if p.nm:
+            bad_nm = (head.nm != 0) & ((head.nm < NM_MIN_N) | (head.k_len[:group_shift] != 0))
+        else:
+            bad_nm = head.nm != 0
+        groups = (head.tokens + p.token_lanes - 1) >> (p.token_lanes.bit_length() - 1)
+        steps = cls.steps(m, p, head)
+        err = Signal(ErrorCode)
+        with m.If((head.k_len == 0) | (head.tokens == 0) | (head.n_rows == 0) |
+                  (head.n_rows > p.row_lanes) | (head.tokens > p.max_tokens) | bad_nm):
+            m.d.comb += err.eq(ErrorCode.BAD_FIELD)
+        with m.Elif((head.wbuf + steps > p.wbuf_rows) |
+                    (head.acc + groups > p.acc_groups)):
+            m.d.comb += err.eq(ErrorCode.BAD_ADDRESS)
+        return err
+
     def elaborate(self, platform):
         m = Module()
         p = self.params
@@ -94,7 +134,6 @@ class ComputeUnit(wiring.Component):
         lt_shift = p.token_lanes.bit_length() - 1
         port_shift = p.port_bytes.bit_length() - 1
         lb = p.wbuf_lane_bits
-        group_shift = NM_M.bit_length() - 1
 
         # -- issue -----------------------------------------------------------------------------
         running = Signal()
@@ -163,7 +202,6 @@ class ComputeUnit(wiring.Component):
                 with m.Else():
                     m.d.sync += [k.eq(k + 1), slot.eq(slot + 1)]
 
-        groups = (head.tokens + p.token_lanes - 1) >> lt_shift
         # Rows r < n_rows (an issued MATMUL has n_rows <= row_lanes), in two levels on
         # n = 16 h + l: r = 16 i + j is in when h > i, or h == i and l > j. Tables on h and on l
         # and one LUT per row, instead of a comparator of the 12-bit field (a carry chain) per
@@ -184,30 +222,16 @@ class ComputeUnit(wiring.Component):
         row_mask_of = Signal(p.row_lanes)
         m.d.comb += row_mask_of.eq(Cat(*[h_gt[r // 16] | (h_eq[r // 16] & l_gt[r % 16])
                                          for r in range(p.row_lanes)]))
-        # Steps per token group: k_len, or (k_len / 8) * N slots, as shifts and adds.
-        steps = Signal(len(head.k_len) + 1)
-        groups8 = head.k_len >> group_shift
-        if p.nm:
-            m.d.comb += steps.eq(Mux(head.nm == 0, head.k_len,
-                                     sum(Mux(head.nm[i], groups8 << i, 0)
-                                         for i in range(len(head.nm)))))
-            bad_nm = (head.nm != 0) & ((head.nm < NM_MIN_N) | (head.k_len[:group_shift] != 0))
-        else:
-            m.d.comb += steps.eq(head.k_len)
-            bad_nm = head.nm != 0
+        steps = self.steps(m, p, head)
+        head_err = self.head_err if self.predecoded else self.static_error(m, p, self.head_instr)
         tokens_ok = (~head.pop_prev | self.tok_prev) & (~head.pop_next | self.tok_next)
         # The next MATMUL may issue in the final stage-0 cycle of this one: no bubble.
         # (Written after stage 0 so its register updates win.)
         with m.If((~running | finishing) & self.head_valid):
             with m.If(~tokens_ok):
                 m.d.comb += [self.blocked.eq(1), self.stall_dep.eq(1)]
-            with m.Elif((head.k_len == 0) | (head.tokens == 0) | (head.n_rows == 0) |
-                        (head.n_rows > p.row_lanes) | (head.tokens > p.max_tokens) | bad_nm):
-                m.d.comb += [self.error.eq(ErrorCode.BAD_FIELD), self.error_pc.eq(self.head_pc)]
-            with m.Elif((head.wbuf + steps > p.wbuf_rows) |
-                        (head.acc + groups > p.acc_groups)):
-                m.d.comb += [self.error.eq(ErrorCode.BAD_ADDRESS),
-                             self.error_pc.eq(self.head_pc)]
+            with m.Elif(head_err != ErrorCode.NONE):
+                m.d.comb += [self.error.eq(head_err), self.error_pc.eq(self.head_pc)]
             with m.Else():
                 m.d.comb += [self.take.eq(1), self.pop_prev.eq(head.pop_prev),
                              self.pop_next.eq(head.pop_next)]

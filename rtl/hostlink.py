@@ -10,7 +10,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .isa import COUNTER_BITS, INSTR_BITS, Counter, ErrorCode, Status
+from .isa import COUNTER_BITS, INSTR_BITS, PC_BITS, Counter, ErrorCode, Status
 from .memport import read_port
 from .params import ChipParams
 from .protocol import (
@@ -28,7 +28,6 @@ from .protocol import (
     identity,
     pack_fields,
 )
-from .sequencer import PC_BITS
 from .uart import rx_layout
 
 __all__ = ["HostLink", "crc16_step"]

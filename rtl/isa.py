@@ -22,7 +22,7 @@ from amaranth.hdl import unsigned
 from amaranth.lib import data, enum
 
 __all__ = [
-    "INSTR_BITS", "Opcode", "Unit", "Buffer", "WeightEncoding", "Status", "ErrorCode",
+    "INSTR_BITS", "PC_BITS", "Opcode", "Unit", "Buffer", "WeightEncoding", "Status", "ErrorCode",
     "Counter", "Field", "FORMATS", "UNIT_OF", "OPCODE_OF_UNIT", "Instr", "Load", "MatMul",
     "Store", "Halt",
     "INSTR_CLASSES", "decode", "instr_layout", "header_layout", "TRACE_FIELDS", "TraceRecord",
@@ -34,6 +34,8 @@ __all__ = [
 
 #: Width of one instruction word.
 INSTR_BITS = 128
+#: Width of a program address (the trace record's pc field).
+PC_BITS = 16
 #: Default width of each performance counter (`ArrayParams.counter_bits` may narrow it).
 COUNTER_BITS = 48
 
@@ -353,7 +355,7 @@ def _layout(fields, bits: int = INSTR_BITS) -> data.FlexibleLayout:
 
 TRACE_FIELDS = (
     Field("cycle", 0, 40, "cycles since start when the instruction retired"),
-    Field("pc", 40, 16, "program address of the instruction"),
+    Field("pc", 40, PC_BITS, "program address of the instruction"),
     Field("opcode", 56, 4, "its opcode", Opcode),
     Field("unit", 60, 2, "the unit that retired it", Unit),
 )

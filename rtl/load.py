@@ -10,6 +10,7 @@ from .isa import (
     INSTR_BITS,
     NM_SLOTS_PER_BYTE,
     NM_WORDS_PER_ROW,
+    PC_BITS,
     Buffer,
     ErrorCode,
     Opcode,
@@ -17,7 +18,6 @@ from .isa import (
     instr_layout,
 )
 from .params import ArrayParams
-from .sequencer import PC_BITS
 
 __all__ = ["LoadUnit", "ADDR_BITS"]
 
@@ -49,6 +49,8 @@ class LoadUnit(wiring.Component):
     -------
     head_valid, head_pc, head_instr : In
         The head of this unit's instruction queue.
+    head_err : In(ErrorCode) (only when `predecoded`)
+        `static_error` of the head, computed when the program was written.
     take : Out(1)
         The head issues this cycle (pop it from the queue).
     tok_next : In(1)
@@ -71,9 +73,11 @@ class LoadUnit(wiring.Component):
         Stall causes this cycle.
     """
 
-    def __init__(self, params: ArrayParams):
+    def __init__(self, params: ArrayParams, predecoded: bool = False):
         self.params = params
+        self.predecoded = predecoded
         super().__init__({
+            **({"head_err": In(ErrorCode)} if predecoded else {}),
             "head_valid": In(1), "head_pc": In(PC_BITS), "head_instr": In(INSTR_BITS),
             "take": Out(1), "tok_next": In(1), "pop_next": Out(1), "push_next": Out(1),
             "rd_req": Out(stream.Signature(ADDR_BITS)),
@@ -93,6 +97,33 @@ class LoadUnit(wiring.Component):
         encoding (its words fill half rows), else one."""
         return params.row_lanes // params.port_bytes if params.nm else 1
 
+    @staticmethod
+    def _is_nm(m, p: ArrayParams, head) -> Signal:
+        """LOAD `head` carries N:M slots (two words per weight buffer row)."""
+        nm = Signal()
+        if p.nm:
+            m.d.comb += nm.eq((head.buffer == Buffer.WEIGHT) & (head.encoding == WeightEncoding.NM))
+        return nm
+
+    @classmethod
+    def static_error(cls, m, p: ArrayParams, instr) -> Signal:
+        """What LOAD `instr` alone refuses at issue (BAD_FIELD) or NONE: the checks that need
+        no state, done once when the program is written (`rtl.predecode`)."""
+        head = data.View(instr_layout(Opcode.LOAD), instr)
+        enabled = Signal()
+        with m.Switch(head.encoding):
+            for enc in p.encodings:
+                with m.Case(enc):
+                    m.d.comb += enabled.eq(1)
+        # N:M slots: two words per buffer row, so a LOAD row is an even number of words.
+        shift = NM_WORDS_PER_ROW.bit_length() - 1
+        nm = cls._is_nm(m, p, head)
+        err = Signal(ErrorCode)
+        with m.If((head.rows == 0) | (head.length == 0) |
+                  ((head.buffer == Buffer.WEIGHT) & ~enabled) | (nm & (head.length[:shift] != 0))):
+            m.d.comb += err.eq(ErrorCode.BAD_FIELD)
+        return err
+
     def elaborate(self, platform):
         m = Module()
         p = self.params
@@ -102,16 +133,23 @@ class LoadUnit(wiring.Component):
         m.submodules.inflight = inflight = SyncFIFO(width=desc_lay.size, depth=p.loads_in_flight)
 
         # -- request side ----------------------------------------------------------------------
+        # The state the issue decision looks at is kept in flags, each worked out a cycle ahead,
+        # so that no comparison or addition lies between these registers and `take`.
         busy = Signal()
         pc = Signal(PC_BITS)
-        row_addr = Signal(ADDR_BITS)
+        row_addr = Signal(ADDR_BITS)        # first word of the current row
+        req_addr = Signal(ADDR_BITS)        # row_addr + the word being requested
         stride = Signal(ADDR_BITS)
-        length = Signal.like(head.length)
+        length_m1 = Signal.like(head.length)
+        words_left = Signal.like(head.length)   # words of the row after the one requested
         rows_left = Signal.like(head.rows)
-        word = Signal.like(head.length)
-        sram_row = Signal(len(head.sram) + 1)
         span = Signal.like(head.length)     # buffer rows one LOAD row fills
+        row_end = Signal(max(len(head.sram), len(head.length)) + 2)    # sram row + span
         depth = Signal(range(max(p.wbuf_rows, p.abuf_rows) + 1))
+        last_word = Signal()    # words_left == 0
+        last_row = Signal()     # rows_left == 1
+        one_word = Signal()     # length == 1
+        refuse = Signal()       # the first word of a row that runs past the end of its buffer
 
         depth_of = {Buffer.WEIGHT: p.wbuf_rows, Buffer.ACT: p.abuf_rows}
         head_depth = Signal.like(depth)
@@ -119,17 +157,9 @@ class LoadUnit(wiring.Component):
             for buf, d in depth_of.items():
                 with m.Case(buf):
                     m.d.comb += head_depth.eq(d)
-        enabled = Signal()
-        with m.Switch(head.encoding):
-            for enc in p.encodings:
-                with m.Case(enc):
-                    m.d.comb += enabled.eq(1)
-        # N:M slots: two words per buffer row, so a LOAD row is an even number of words.
-        head_nm = Signal()
-        if p.nm:
-            m.d.comb += head_nm.eq((head.buffer == Buffer.WEIGHT) &
-                                   (head.encoding == WeightEncoding.NM))
+        head_nm = self._is_nm(m, p, head)
         shift = NM_WORDS_PER_ROW.bit_length() - 1
+        head_err = self.head_err if self.predecoded else self.static_error(m, p, self.head_instr)
 
         finishing = Signal()
         # Errors of the response side belong to an older LOAD and win over the request side.
@@ -143,22 +173,27 @@ class LoadUnit(wiring.Component):
             m.d.comb += [self.error.eq(req_error), self.error_pc.eq(req_error_pc)]
 
         with m.If(busy):
-            m.d.comb += [self.rd_req.valid.eq(1), self.rd_req.payload.eq(row_addr + word)]
+            m.d.comb += [self.rd_req.valid.eq(1), self.rd_req.payload.eq(req_addr)]
             # A row that would run past the end of its buffer is refused before it is read.
-            with m.If((word == 0) & (sram_row + span > depth)):
+            with m.If(refuse):
                 m.d.comb += [req_error.eq(ErrorCode.BAD_ADDRESS), req_error_pc.eq(pc)]
                 m.d.comb += self.rd_req.valid.eq(0)
             with m.Elif(~self.rd_req.ready):
                 m.d.comb += self.stall_port.eq(1)
             with m.Else():
-                with m.If(word == length - 1):
-                    m.d.sync += [word.eq(0), row_addr.eq(row_addr + stride),
-                                 sram_row.eq(sram_row + span), rows_left.eq(rows_left - 1)]
-                    with m.If(rows_left == 1):
+                with m.If(last_word):
+                    m.d.sync += [
+                        row_addr.eq(row_addr + stride), req_addr.eq(row_addr + stride),
+                        words_left.eq(length_m1), last_word.eq(one_word),
+                        row_end.eq(row_end + span), refuse.eq(row_end + span > depth),
+                        rows_left.eq(rows_left - 1), last_row.eq(rows_left == 2),
+                    ]
+                    with m.If(last_row):
                         m.d.sync += busy.eq(0)
                         m.d.comb += finishing.eq(1)
                 with m.Else():
-                    m.d.sync += word.eq(word + 1)
+                    m.d.sync += [req_addr.eq(req_addr + 1), words_left.eq(words_left - 1),
+                                 last_word.eq(words_left == 1), refuse.eq(0)]
 
         tokens_ok = ~head.pop_next | self.tok_next
         # The next LOAD may issue in the cycle of this one's last request: no bubble.
@@ -167,19 +202,22 @@ class LoadUnit(wiring.Component):
         with m.If(can_issue):
             with m.If(~tokens_ok):
                 m.d.comb += [self.blocked.eq(1), self.stall_dep.eq(1)]
-            with m.Elif((head.rows == 0) | (head.length == 0) |
-                        ((head.buffer == Buffer.WEIGHT) & ~enabled) |
-                        (head_nm & (head.length[:shift] != 0))):
-                m.d.comb += [req_error.eq(ErrorCode.BAD_FIELD), req_error_pc.eq(self.head_pc)]
+            with m.Elif(head_err != ErrorCode.NONE):
+                m.d.comb += [req_error.eq(head_err), req_error_pc.eq(self.head_pc)]
             with m.Elif(~inflight.w_rdy):
                 m.d.comb += self.stall_port.eq(1)
             with m.Else():
                 m.d.comb += [self.take.eq(1), self.pop_next.eq(head.pop_next)]
+                head_span = Mux(head_nm, head.length >> shift, head.length)
                 m.d.sync += [
                     busy.eq(1), pc.eq(self.head_pc), row_addr.eq(head.dram),
-                    stride.eq(head.stride), length.eq(head.length), rows_left.eq(head.rows),
-                    word.eq(0), sram_row.eq(head.sram), depth.eq(head_depth),
-                    span.eq(Mux(head_nm, head.length >> shift, head.length)),
+                    req_addr.eq(head.dram), stride.eq(head.stride),
+                    length_m1.eq(head.length - 1), words_left.eq(head.length - 1),
+                    one_word.eq(head.length == 1), last_word.eq(head.length == 1),
+                    rows_left.eq(head.rows), last_row.eq(head.rows == 1),
+                    depth.eq(head_depth), span.eq(head_span),
+                    row_end.eq(head.sram + head_span),
+                    refuse.eq(head.sram + head_span > head_depth),
                 ]
                 desc = data.View(desc_lay, inflight.w_data)
                 m.d.comb += [

@@ -1,18 +1,16 @@
 """The dispatcher: fetch from program memory, decode the header, hand out to the unit queues."""
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .isa import INSTR_BITS, UNIT_OF, ErrorCode, Opcode, Unit, header_layout
+from .isa import INSTR_BITS, PC_BITS, ErrorCode, Unit
 from .memport import read_port
 from .params import ArrayParams
+from .predecode import Predecoder, pre_layout
 
 __all__ = ["Dispatcher", "PC_BITS"]
-
-#: Width of a program address (the trace record's pc field).
-PC_BITS = 16
 
 
 class Dispatcher(wiring.Component):
@@ -43,6 +41,8 @@ class Dispatcher(wiring.Component):
         Every queue is empty and every unit idle.
     instr, pc : Out
         The decoded instruction word and its address.
+    unit_err : Out(ErrorCode)
+        The decoded instruction's static error in its unit (`rtl.predecode`), for the unit.
     halted : Out(1)
         A HALT retires this cycle.
     stall : Out(1)
@@ -60,24 +60,33 @@ class Dispatcher(wiring.Component):
             "start": In(1), "run": In(1),
             "dispatch": Out(len(Unit)), "offer": Out(len(Unit)), "full": In(3),
             "drained": In(1),
-            "instr": Out(INSTR_BITS), "pc": Out(PC_BITS),
+            "instr": Out(INSTR_BITS), "pc": Out(PC_BITS), "unit_err": Out(ErrorCode),
             "halted": Out(1), "stall": Out(1), "error": Out(ErrorCode),
         })
 
     def elaborate(self, platform):
         m = Module()
         p = self.params
-        m.submodules.imem = imem = Memory(shape=INSTR_BITS, depth=p.imem_depth, init=[])
+        # Each word: the instruction and its predecoded unit and static errors. A word never
+        # written holds opcode 0, so it reads as an illegal opcode, as the ISA promises.
+        erased = pre_layout.const({"disp_err": ErrorCode.ILLEGAL_OPCODE}).as_value().value
+        m.submodules.imem = imem = Memory(shape=INSTR_BITS + pre_layout.size,
+                                          depth=p.imem_depth,
+                                          init=[erased << INSTR_BITS] * p.imem_depth)
+        m.submodules.predecoder = predecoder = Predecoder(p)
         wp = imem.write_port()
         advance = Signal()
         # The read port holds its data while not enabled, so a stalled instruction stays put.
         rp, rdata = read_port(m, imem, en=self.start | advance)
         m.d.comb += [wp.en.eq(self.imem_we), wp.addr.eq(self.imem_addr),
-                     wp.data.eq(self.imem_data)]
+                     predecoder.instr.eq(self.imem_data),
+                     wp.data.eq(Cat(self.imem_data, predecoder.pre))]
 
         pc = Signal(PC_BITS)
-        head = data.View(header_layout(), rdata)
-        m.d.comb += [self.instr.eq(rdata), self.pc.eq(pc)]
+        pre = data.View(pre_layout, rdata[INSTR_BITS:])
+        unit = pre.unit
+        m.d.comb += [self.instr.eq(rdata[:INSTR_BITS]), self.pc.eq(pc),
+                     self.unit_err.eq(pre.unit_err)]
         m.d.comb += rp.addr.eq(pc + advance)
         with m.If(self.start):
             m.d.sync += pc.eq(0)
@@ -85,27 +94,9 @@ class Dispatcher(wiring.Component):
         with m.Elif(advance):
             m.d.sync += pc.eq(pc + 1)
 
-        legal = Signal()
-        bad_dep = Signal()
-        unit = Signal(Unit)
-        with m.Switch(head.opcode):
-            for op in Opcode:
-                with m.Case(op):
-                    m.d.comb += [legal.eq(1), unit.eq(UNIT_OF[op])]
-        flags = [head.pop_prev, head.pop_next, head.push_prev, head.push_next]
-        with m.Switch(unit):
-            with m.Case(Unit.LOAD):
-                m.d.comb += bad_dep.eq(head.pop_prev | head.push_prev)
-            with m.Case(Unit.STORE):
-                m.d.comb += bad_dep.eq(head.pop_next | head.push_next)
-            with m.Case(Unit.DISPATCH):
-                m.d.comb += bad_dep.eq(flags[0] | flags[1] | flags[2] | flags[3])
-
         with m.If(self.run):
-            with m.If(~legal):
-                m.d.comb += self.error.eq(ErrorCode.ILLEGAL_OPCODE)
-            with m.Elif(bad_dep):
-                m.d.comb += self.error.eq(ErrorCode.BAD_DEPENDENCY)
+            with m.If(pre.disp_err != ErrorCode.NONE):
+                m.d.comb += self.error.eq(pre.disp_err)
             with m.Elif(unit == Unit.DISPATCH):
                 m.d.comb += self.halted.eq(self.drained)
             # Fetching past the last address would wrap: a program must end in HALT. With queues

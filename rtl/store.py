@@ -4,10 +4,9 @@ from amaranth.hdl import Array, Cat, Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .isa import INSTR_BITS, ErrorCode, Opcode, instr_layout
+from .isa import INSTR_BITS, PC_BITS, ErrorCode, Opcode, instr_layout
 from .load import ADDR_BITS
 from .params import OUT_BYTES, ArrayParams
-from .sequencer import PC_BITS
 
 __all__ = ["StoreUnit", "write_layout"]
 
@@ -30,6 +29,8 @@ class StoreUnit(wiring.Component):
     Members
     -------
     head_valid, head_pc, head_instr : In
+    head_err : In(ErrorCode) (only when `predecoded`)
+        `static_error` of the head, computed when the program was written.
     take : Out(1)
     tok_prev : In(1)
     pop_prev, push_prev : Out(1)
@@ -39,10 +40,12 @@ class StoreUnit(wiring.Component):
     retire, retire_pc, error, error_pc, active, blocked, stall_dep, stall_port : Out
     """
 
-    def __init__(self, params: ArrayParams):
+    def __init__(self, params: ArrayParams, predecoded: bool = False):
         self.params = params
+        self.predecoded = predecoded
         p = params
         super().__init__({
+            **({"head_err": In(ErrorCode)} if predecoded else {}),
             "head_valid": In(1), "head_pc": In(PC_BITS), "head_instr": In(INSTR_BITS),
             "take": Out(1), "tok_prev": In(1), "pop_prev": Out(1), "push_prev": Out(1),
             "c_raddr": Out(range(p.acc_groups)), "c_rdata": In(p.lanes * p.acc_bits),
@@ -52,12 +55,25 @@ class StoreUnit(wiring.Component):
             "active": Out(1), "blocked": Out(1), "stall_dep": Out(1), "stall_port": Out(1),
         })
 
+    @staticmethod
+    def static_error(m, p: ArrayParams, instr) -> Signal:
+        """What STORE `instr` alone refuses at issue (BAD_FIELD, BAD_ADDRESS) or NONE: the
+        checks that need no state, done once when the program is written (`rtl.predecode`)."""
+        head = data.View(instr_layout(Opcode.STORE), instr)
+        groups = (head.tokens + p.token_lanes - 1) >> (p.token_lanes.bit_length() - 1)
+        err = Signal(ErrorCode)
+        with m.If((head.tokens == 0) | (head.words == 0) |
+                  (head.words > p.out_words_per_token) | (head.tokens > p.max_tokens)):
+            m.d.comb += err.eq(ErrorCode.BAD_FIELD)
+        with m.Elif(head.acc + groups > p.acc_groups):
+            m.d.comb += err.eq(ErrorCode.BAD_ADDRESS)
+        return err
+
     def elaborate(self, platform):
         m = Module()
         p = self.params
         lay = instr_layout(Opcode.STORE)
         head = data.View(lay, self.head_instr)
-        lt_shift = p.token_lanes.bit_length() - 1
 
         running = Signal()
         pc = Signal(PC_BITS)
@@ -70,7 +86,7 @@ class StoreUnit(wiring.Component):
         lane = Signal(range(p.token_lanes))
         push_prev = Signal()
 
-        groups = (head.tokens + p.token_lanes - 1) >> lt_shift
+        head_err = self.head_err if self.predecoded else self.static_error(m, p, self.head_instr)
         m.d.comb += self.c_raddr.eq(acc_g)
         finishing = Signal()
         # The result words of every token lane, each the int32 images of port_bytes/4 rows.
@@ -115,12 +131,8 @@ class StoreUnit(wiring.Component):
             m.d.comb += self.c_raddr.eq(head.acc)
             with m.If(head.pop_prev & ~self.tok_prev):
                 m.d.comb += [self.blocked.eq(1), self.stall_dep.eq(1)]
-            with m.Elif((head.tokens == 0) | (head.words == 0) |
-                        (head.words > p.out_words_per_token) | (head.tokens > p.max_tokens)):
-                m.d.comb += [self.error.eq(ErrorCode.BAD_FIELD), self.error_pc.eq(self.head_pc)]
-            with m.Elif(head.acc + groups > p.acc_groups):
-                m.d.comb += [self.error.eq(ErrorCode.BAD_ADDRESS),
-                             self.error_pc.eq(self.head_pc)]
+            with m.Elif(head_err != ErrorCode.NONE):
+                m.d.comb += [self.error.eq(head_err), self.error_pc.eq(self.head_pc)]
             with m.Else():
                 m.d.comb += [self.take.eq(1), self.pop_prev.eq(head.pop_prev)]
                 m.d.sync += [

@@ -25,11 +25,11 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .compute import ComputeUnit
-from .isa import INSTR_BITS, Counter, ErrorCode, Status, Unit
+from .isa import INSTR_BITS, PC_BITS, Counter, ErrorCode, Status, Unit
 from .load import ADDR_BITS, LoadUnit
 from .memport import read_port
 from .params import SCALE_POINTS, ArrayParams, scale_point
-from .sequencer import PC_BITS, Dispatcher
+from .sequencer import Dispatcher
 from .store import StoreUnit, write_layout
 
 __all__ = ["Accelerator", "main", "write_component", "write_verilog"]
@@ -112,9 +112,10 @@ class Accelerator(wiring.Component):
         m.d.comb += [disp.imem_we.eq(self.imem_we), disp.imem_addr.eq(self.imem_addr),
                      disp.imem_data.eq(self.imem_data), disp.start.eq(begin), disp.run.eq(run)]
 
-        load = unit("load", LoadUnit(p))
-        comp = unit("compute", ComputeUnit(p))
-        store = unit("store", StoreUnit(p))
+        # The units take each instruction's static errors from the dispatcher (`rtl.predecode`).
+        load = unit("load", LoadUnit(p, predecoded=True))
+        comp = unit("compute", ComputeUnit(p, predecoded=True))
+        store = unit("store", StoreUnit(p, predecoded=True))
         units = {Unit.LOAD: load, Unit.COMPUTE: comp, Unit.STORE: store}
 
         # -- instruction queues ----------------------------------------------------------------
@@ -125,16 +126,18 @@ class Accelerator(wiring.Component):
         for u, un in units.items():
             if p.queue_depth == 0:
                 m.d.comb += [un.head_valid.eq(disp.offer[u]), un.head_instr.eq(disp.instr),
-                             un.head_pc.eq(disp.pc)]
+                             un.head_pc.eq(disp.pc), un.head_err.eq(disp.unit_err)]
                 full.append(~un.take)
                 heads[u] = disp.offer[u]
                 continue
-            q = unit(f"queue_{u.name.lower()}", SyncFIFO(width=PC_BITS + INSTR_BITS,
-                                                          depth=p.queue_depth))
+            entry = Cat(disp.instr, disp.pc, disp.unit_err)
+            q = unit(f"queue_{u.name.lower()}", SyncFIFO(width=len(entry), depth=p.queue_depth))
+            head = q.r_data
             m.d.comb += [
-                q.w_en.eq(disp.dispatch[u]), q.w_data.eq(Cat(disp.instr, disp.pc)),
-                un.head_valid.eq(q.r_rdy), un.head_instr.eq(q.r_data[:INSTR_BITS]),
-                un.head_pc.eq(q.r_data[INSTR_BITS:]), q.r_en.eq(un.take),
+                q.w_en.eq(disp.dispatch[u]), q.w_data.eq(entry),
+                un.head_valid.eq(q.r_rdy), un.head_instr.eq(head[:INSTR_BITS]),
+                un.head_pc.eq(head[INSTR_BITS:INSTR_BITS + PC_BITS]),
+                un.head_err.eq(head[INSTR_BITS + PC_BITS:]), q.r_en.eq(un.take),
             ]
             full.append(~q.w_rdy)
             heads[u] = q.r_rdy
