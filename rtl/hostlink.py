@@ -163,18 +163,19 @@ class HostLink(wiring.Component):
             reply(Reply.ERROR, 2)
 
         # -- frame checks ----------------------------------------------------------------------
-        new_len = Cat(length[:8], byte)
+        # On registered fields only (LEN in the cycle after its last byte, the header while
+        # the CRC arrives), so that no check lies between the receiver and the next state.
         data_len = Signal(16)
-        m.d.comb += data_len.eq(new_len - ADDR_BYTES)
-        has_data = (new_len > ADDR_BYTES) & (data_len <= buf_bytes)
+        m.d.comb += data_len.eq(length - ADDR_BYTES)
+        has_data = (length > ADDR_BYTES) & (data_len <= buf_bytes)
         len_ok = Signal()
         known = Signal()
         with m.Switch(code):
             for cmd in (Command.PING, Command.START, Command.STATUS):
                 with m.Case(cmd):
-                    m.d.comb += [known.eq(1), len_ok.eq(new_len == 0)]
+                    m.d.comb += [known.eq(1), len_ok.eq(length == 0)]
             with m.Case(Command.READ_MEM):
-                m.d.comb += [known.eq(1), len_ok.eq(new_len == ADDR_BYTES + COUNT_BYTES)]
+                m.d.comb += [known.eq(1), len_ok.eq(length == ADDR_BYTES + COUNT_BYTES)]
             with m.Case(Command.WRITE_MEM):
                 m.d.comb += [known.eq(1),
                              len_ok.eq(has_data & (data_len[:_log2(P)] == 0))]
@@ -193,7 +194,11 @@ class HostLink(wiring.Component):
         start = hdr[:8 * ADDR_BYTES]
         end = Signal(max(abits, 8 * COUNT_BYTES) + 1)
         m.d.comb += end.eq(start[:abits] + access_units)
-        range_ok = (start[abits:] == 0) & (end <= limit)
+        range_ok = Signal()
+        bad_read_len = Signal()
+        m.d.sync += [range_ok.eq((start[abits:] == 0) & (end <= limit)),
+                     bad_read_len.eq(is_read & ((read_units == 0) |
+                                                (read_units > max_units_read)))]
         data_bytes = length - ADDR_BYTES
         unit_end = Mux(is_imem, ptr[:_log2(INSTR_BYTES)] == INSTR_BYTES - 1,
                        ptr[:_log2(P)] == P - 1)
@@ -224,14 +229,17 @@ class HostLink(wiring.Component):
                 m.d.sync += length[:8].eq(byte)
                 m.next = "LEN1"
             with m.State("LEN1"), m.If(receive()):
-                m.d.sync += [length[8:].eq(byte),
-                             units.eq(Mux(is_imem, data_len >> _log2(INSTR_BYTES),
-                                          data_len >> _log2(P)))]
+                m.d.sync += length[8:].eq(byte)
+                m.next = "LEN_CHECK"
+            # One cycle: the next byte is at least a character time away.
+            with m.State("LEN_CHECK"):
+                m.d.sync += units.eq(Mux(is_imem, data_len >> _log2(INSTR_BYTES),
+                                         data_len >> _log2(P)))
                 with m.If(~known):
                     fail(LinkError.BAD_COMMAND)
                 with m.Elif(~len_ok):
                     fail(LinkError.BAD_LENGTH)
-                with m.Elif(new_len == 0):
+                with m.Elif(length == 0):
                     m.next = "CRC0"
                 with m.Else():
                     m.next = "PAYLOAD"
@@ -265,7 +273,7 @@ class HostLink(wiring.Component):
                 with m.Elif(code == Command.START):
                     m.d.comb += self.start.eq(1)
                     reply(code | 0x80, 0)
-                with m.Elif(is_read & ((read_units == 0) | (read_units > max_units_read))):
+                with m.Elif(bad_read_len):
                     reply_error(LinkError.BAD_LENGTH)
                 with m.Elif(~range_ok):
                     reply_error(LinkError.BAD_ADDRESS)
