@@ -174,33 +174,49 @@ class ComputeUnit(wiring.Component):
             self.a_addr.eq(grow + (bytepos >> port_shift)),
             self.c_raddr.eq(acc + g),
         ]
+        # Flags the issue decision and stage 0 look at, each worked out a cycle ahead, so that
+        # no comparison lies between these registers and `take`.
+        first_k = Signal()      # k == 0
+        last_k = Signal()       # k == k_len - 1
+        one_step = Signal()     # k_len == 1
+        last_tokens = Signal()  # tokens_left <= token_lanes: the final group
+        last_slot = Signal()    # slot == nm - 1
+        refuse = Signal()       # k == 0 and the group's activation rows run past the buffer
+        steps_left = Signal.like(head.k_len)    # k_len - 1 - k
         with m.If(running):
-            with m.If((k == 0) & (grow + span > p.abuf_rows)):
+            with m.If(refuse):
                 m.d.comb += [self.error.eq(ErrorCode.BAD_ADDRESS), self.error_pc.eq(pc)]
             with m.Else():
-                last_k = k == k_len - 1
-                final = last_k & (tokens_left <= p.token_lanes)
-                m.d.comb += clear.eq((k == 0) & ~accumulate)
+                final = last_k & last_tokens
+                m.d.comb += clear.eq(first_k & ~accumulate)
                 m.d.sync += [
-                    s1.eq(1), s1_first.eq(k == 0), s1_last.eq(last_k), s1_final.eq(final),
+                    s1.eq(1), s1_first.eq(first_k), s1_last.eq(last_k), s1_final.eq(final),
                     s1_g.eq(acc + g), s1_off.eq(bytepos[:port_shift]),
                     s1_tok.eq(Cat(*[tokens_left > j for j in range(p.token_lanes)])),
                     s1_nm.eq(nm != 0), s1_slot.eq(slot),
                 ]
                 with m.If(last_k):
+                    next_grow = (grow + x_stride)[:len(grow)]
                     m.d.sync += [k.eq(0), bytepos.eq(0), g.eq(g + 1), slot.eq(0),
-                                 grow.eq(grow + x_stride),
-                                 tokens_left.eq(tokens_left - p.token_lanes)]
+                                 grow.eq(next_grow),
+                                 tokens_left.eq(tokens_left - p.token_lanes),
+                                 last_tokens.eq(tokens_left <= 2 * p.token_lanes),
+                                 first_k.eq(1), last_k.eq(one_step), steps_left.eq(k_len - 1),
+                                 last_slot.eq(nm == 1),
+                                 refuse.eq(next_grow + span > p.abuf_rows)]
                     with m.If(final):
                         m.d.sync += running.eq(0)
                         m.d.comb += finishing.eq(1)
-                with m.Elif(nm == 0):
-                    m.d.sync += [k.eq(k + 1), bytepos.eq(bytepos + p.token_lanes)]
-                with m.Elif(slot == nm - 1):
-                    m.d.sync += [k.eq(k + 1), slot.eq(0),
-                                 bytepos.eq(bytepos + NM_M * p.token_lanes)]
                 with m.Else():
-                    m.d.sync += [k.eq(k + 1), slot.eq(slot + 1)]
+                    m.d.sync += [k.eq(k + 1), first_k.eq(0), steps_left.eq(steps_left - 1),
+                                 last_k.eq(steps_left == 1)]
+                    with m.If(nm == 0):
+                        m.d.sync += bytepos.eq(bytepos + p.token_lanes)
+                    with m.Elif(last_slot):
+                        m.d.sync += [slot.eq(0), last_slot.eq(nm == 1),
+                                     bytepos.eq(bytepos + NM_M * p.token_lanes)]
+                    with m.Else():
+                        m.d.sync += [slot.eq(slot + 1), last_slot.eq(slot == nm - 2)]
 
         # Rows r < n_rows (an issued MATMUL has n_rows <= row_lanes), in two levels on
         # n = 16 h + l: r = 16 i + j is in when h > i, or h == i and l > j. Tables on h and on l
@@ -223,6 +239,7 @@ class ComputeUnit(wiring.Component):
         m.d.comb += row_mask_of.eq(Cat(*[h_gt[r // 16] | (h_eq[r // 16] & l_gt[r % 16])
                                          for r in range(p.row_lanes)]))
         steps = self.steps(m, p, head)
+        head_span = (((head.k_len - 1) << lt_shift) >> port_shift) + 1
         head_err = self.head_err if self.predecoded else self.static_error(m, p, self.head_instr)
         tokens_ok = (~head.pop_prev | self.tok_prev) & (~head.pop_next | self.tok_next)
         # The next MATMUL may issue in the final stage-0 cycle of this one: no bubble.
@@ -242,7 +259,10 @@ class ComputeUnit(wiring.Component):
                     tokens_left.eq(head.tokens), n_rows.eq(head.n_rows),
                     accumulate.eq(head.accumulate), push_prev.eq(head.push_prev),
                     push_next.eq(head.push_next), k.eq(0), g.eq(0), bytepos.eq(0),
-                    span.eq((((head.k_len - 1) << lt_shift) >> port_shift) + 1),
+                    span.eq(head_span), first_k.eq(1), last_k.eq(steps == 1),
+                    one_step.eq(steps == 1), steps_left.eq(steps - 1),
+                    last_tokens.eq(head.tokens <= p.token_lanes), last_slot.eq(head.nm == 1),
+                    refuse.eq(head.abuf + head_span > p.abuf_rows),
                     row_mask.eq(row_mask_of),
                 ]
 
