@@ -29,8 +29,8 @@ def _descriptor_layout():
     lay = instr_layout(Opcode.LOAD)
     return data.StructLayout({
         "pc": PC_BITS, "buffer": Buffer, "encoding": WeightEncoding,
-        "sram": lay["sram"].shape, "rows": lay["rows"].shape, "length": lay["length"].shape,
-        "push_next": 1,
+        "sram": lay["sram"].shape, "rows_m1": lay["rows"].shape,
+        "length_m1": lay["length"].shape, "one_row": 1, "one_word": 1, "push_next": 1,
     })
 
 
@@ -224,7 +224,8 @@ class LoadUnit(wiring.Component):
                     inflight.w_en.eq(1),
                     desc.pc.eq(self.head_pc), desc.buffer.eq(head.buffer),
                     desc.encoding.eq(head.encoding), desc.sram.eq(head.sram),
-                    desc.rows.eq(head.rows), desc.length.eq(head.length),
+                    desc.rows_m1.eq(head.rows - 1), desc.length_m1.eq(head.length - 1),
+                    desc.one_row.eq(head.rows == 1), desc.one_word.eq(head.length == 1),
                     desc.push_next.eq(head.push_next),
                 ]
 
@@ -242,10 +243,17 @@ class LoadUnit(wiring.Component):
             resp_valid, resp = self.rd_resp.valid, self.rd_resp.payload
         cur = data.View(desc_lay, inflight.r_data)
         offset = Signal(range(p.wbuf_rows + p.abuf_rows + 1))
-        rword = Signal.like(head.length)
-        rrow = Signal.like(head.rows)
+        # Words and rows left after the current response, with flags for "none left" worked
+        # out a cycle ahead; `fresh` (the LOAD's first response) takes them from its descriptor.
+        fresh = Signal(init=1)
+        words_left, rows_left = Signal.like(head.length), Signal.like(head.rows)
+        no_words, no_rows = Signal(), Signal()
         m.d.comb += [decoder.word.eq(resp), decoder.encoding.eq(cur.encoding)]
-        last = (rword == cur.length - 1) & (rrow == cur.rows - 1)
+        cur_words = Mux(fresh, cur.length_m1, words_left)
+        cur_rows = Mux(fresh, cur.rows_m1, rows_left)
+        last_word = Mux(fresh, cur.one_word, no_words)
+        last_row = Mux(fresh, cur.one_row, no_rows)
+        last = last_word & last_row
         with m.If(resp_valid & inflight.r_rdy):
             addr = cur.sram + offset
             with m.If((cur.buffer == Buffer.WEIGHT) & decoder.invalid):
@@ -269,15 +277,17 @@ class LoadUnit(wiring.Component):
             with m.Else():
                 m.d.comb += [self.a_en.eq(1), self.a_addr.eq(addr), self.a_data.eq(resp)]
             with m.If(last):
-                m.d.sync += [offset.eq(0), rword.eq(0), rrow.eq(0)]
+                m.d.sync += [offset.eq(0), fresh.eq(1)]
                 m.d.comb += [inflight.r_en.eq(1), self.retire.eq(1), self.retire_pc.eq(cur.pc),
                              self.push_next.eq(cur.push_next)]
             with m.Else():
-                m.d.sync += offset.eq(offset + 1)
-                with m.If(rword == cur.length - 1):
-                    m.d.sync += [rword.eq(0), rrow.eq(rrow + 1)]
+                m.d.sync += [offset.eq(offset + 1), fresh.eq(0)]
+                with m.If(last_word):
+                    m.d.sync += [words_left.eq(cur.length_m1), no_words.eq(cur.one_word),
+                                 rows_left.eq(cur_rows - 1), no_rows.eq(cur_rows == 1)]
                 with m.Else():
-                    m.d.sync += rword.eq(rword + 1)
+                    m.d.sync += [words_left.eq(cur_words - 1), no_words.eq(cur_words == 1),
+                                 rows_left.eq(cur_rows), no_rows.eq(last_row)]
 
         m.d.comb += self.active.eq(busy | inflight.r_rdy)
         return m

@@ -1,6 +1,6 @@
 """The dispatcher: fetch from program memory, decode the header, hand out to the unit queues."""
 
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -82,17 +82,23 @@ class Dispatcher(wiring.Component):
                      predecoder.instr.eq(self.imem_data),
                      wp.data.eq(Cat(self.imem_data, predecoder.pre))]
 
+        # pc + 1 and "pc is the last address" are registers, so that `advance` (the units'
+        # issue decisions) only selects the next read address.
         pc = Signal(PC_BITS)
+        # (Their initial values are what `start`, which also resets this module, sets.)
+        pc_next = Signal(PC_BITS, init=1)
+        last = Signal(init=p.imem_depth == 1)
         pre = data.View(pre_layout, rdata[INSTR_BITS:])
         unit = pre.unit
         m.d.comb += [self.instr.eq(rdata[:INSTR_BITS]), self.pc.eq(pc),
                      self.unit_err.eq(pre.unit_err)]
-        m.d.comb += rp.addr.eq(pc + advance)
+        m.d.comb += rp.addr.eq(Mux(advance, pc_next, pc))
         with m.If(self.start):
-            m.d.sync += pc.eq(0)
+            m.d.sync += [pc.eq(0), pc_next.eq(1), last.eq(p.imem_depth == 1)]
             m.d.comb += rp.addr.eq(0)
         with m.Elif(advance):
-            m.d.sync += pc.eq(pc + 1)
+            m.d.sync += [pc.eq(pc_next), pc_next.eq(pc_next + 1),
+                         last.eq(pc_next == p.imem_depth - 1)]
 
         with m.If(self.run):
             with m.If(pre.disp_err != ErrorCode.NONE):
@@ -102,7 +108,6 @@ class Dispatcher(wiring.Component):
             # Fetching past the last address would wrap: a program must end in HALT. With queues
             # a full one stalls first; with none the unit would see the instruction now, so the
             # last address is refused before it is offered.
-            last = pc == p.imem_depth - 1
             with m.Elif(last if p.queue_depth == 0 else last & ~self.full.bit_select(unit, 1)):
                 m.d.comb += self.error.eq(ErrorCode.NO_HALT)
             with m.Else():

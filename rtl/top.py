@@ -18,6 +18,7 @@ from amaranth.hdl import (
     Mux,
     ResetInserter,
     Signal,
+    Value,
 )
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
@@ -42,7 +43,8 @@ class Accelerator(wiring.Component):
     The host writes the program through `imem_*` while the accelerator is not running, then
     pulses `start` (ignored while `draining`). `status` goes RUNNING in the next cycle and ends
     DONE when a HALT retires or ERROR (with `error` and `error_pc`) when anything is malformed;
-    either way `counters` hold the run's performance counters until the next start.
+    either way `counters` hold the run's performance counters, from one cycle after `status`
+    left RUNNING until the next start.
 
     Members
     -------
@@ -207,19 +209,23 @@ class Accelerator(wiring.Component):
         overflow_pc = Signal(PC_BITS)
         pusher_pc = {"l2c": load.retire_pc, "c2l": comp.retire_pc, "c2s": comp.retire_pc,
                      "s2c": store.retire_pc}
+        # Beside each count, flags for "empty" and "full" worked out a cycle ahead.
         for name, (push, pop, avail) in links.items():
             count = Signal(range(p.token_depth + 1), name=f"tokens_{name}")
-            m.d.comb += avail.eq(count != 0)
+            some = Signal(name=f"tokens_{name}_some")
+            full = Signal(name=f"tokens_{name}_full")
+            m.d.comb += avail.eq(some)
             with m.If(run & ~begin):
                 with m.If(push & ~pop):
-                    with m.If(count == p.token_depth):
+                    with m.If(full):
                         m.d.comb += [overflow.eq(1), overflow_pc.eq(pusher_pc[name])]
                     with m.Else():
-                        m.d.sync += count.eq(count + 1)
+                        m.d.sync += [count.eq(count + 1), some.eq(1),
+                                     full.eq(count == p.token_depth - 1)]
                 with m.Elif(pop & ~push):
-                    m.d.sync += count.eq(count - 1)
+                    m.d.sync += [count.eq(count - 1), some.eq(count != 1), full.eq(0)]
             with m.Elif(begin):
-                m.d.sync += count.eq(0)
+                m.d.sync += [count.eq(0), some.eq(0), full.eq(0)]
 
         # -- drain, deadlock, status -----------------------------------------------------------
         idle = [~un.active & ~heads[u] for u, un in units.items()]
@@ -275,11 +281,16 @@ class Accelerator(wiring.Component):
             Counter.STALL_DISPATCH: disp.stall,
         }
         assert set(increments) == set(Counter)
+        # Each increment is registered, so that the stall and issue logic behind it and the
+        # counter's carry chain are in different cycles: a counter adds what happened in a cycle
+        # one cycle later, and holds the whole run one cycle after `status` leaves RUNNING.
         for c, inc in increments.items():
+            inc_q = Signal(Value.cast(inc).shape(), name=f"inc_{c.name.lower()}")
+            m.d.sync += inc_q.eq(Mux(run, inc, 0))
             with m.If(begin):
                 m.d.sync += self.counters[c].eq(0)
-            with m.Elif(run):
-                m.d.sync += self.counters[c].eq(self.counters[c] + inc)
+            with m.Else():
+                m.d.sync += self.counters[c].eq(self.counters[c] + inc_q)
         return m
 
 
