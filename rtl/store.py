@@ -85,6 +85,10 @@ class StoreUnit(wiring.Component):
         word = Signal.like(head.words)
         lane = Signal(range(p.token_lanes))
         push_prev = Signal()
+        # Flags worked out a cycle ahead, so that no comparison lies before `finishing`.
+        last_word = Signal()    # word == words - 1
+        one_word = Signal()     # words == 1
+        last_token = Signal()   # tokens_left == 1
 
         head_err = self.head_err if self.predecoded else self.static_error(m, p, self.head_instr)
         m.d.comb += self.c_raddr.eq(acc_g)
@@ -109,10 +113,10 @@ class StoreUnit(wiring.Component):
                          self.wr_req.payload.data.eq(table[lane][word])]
             with m.If(~self.wr_req.ready):
                 m.d.comb += self.stall_port.eq(1)
-            with m.Elif(word == words - 1):
-                m.d.sync += [word.eq(0), addr.eq(addr + stride),
-                             tokens_left.eq(tokens_left - 1)]
-                with m.If(tokens_left == 1):
+            with m.Elif(last_word):
+                m.d.sync += [word.eq(0), last_word.eq(one_word), addr.eq(addr + stride),
+                             tokens_left.eq(tokens_left - 1), last_token.eq(tokens_left == 2)]
+                with m.If(last_token):
                     m.d.sync += running.eq(0)
                     m.d.comb += finishing.eq(1)
                     m.d.comb += [self.retire.eq(1), self.retire_pc.eq(pc),
@@ -124,7 +128,7 @@ class StoreUnit(wiring.Component):
                 with m.Else():
                     m.d.sync += lane.eq(lane + 1)
             with m.Else():
-                m.d.sync += word.eq(word + 1)
+                m.d.sync += [word.eq(word + 1), last_word.eq(word == words - 2)]
         # The next STORE may issue in the cycle of this one's last write: no bubble.
         # (Written after the write logic so its register updates and read address win.)
         with m.If((~running | finishing) & self.head_valid):
@@ -139,7 +143,8 @@ class StoreUnit(wiring.Component):
                     running.eq(1), pc.eq(self.head_pc), acc_g.eq(head.acc),
                     tokens_left.eq(head.tokens), words.eq(head.words), addr.eq(head.dram),
                     stride.eq(head.stride), word.eq(0), lane.eq(0),
-                    push_prev.eq(head.push_prev),
+                    push_prev.eq(head.push_prev), one_word.eq(head.words == 1),
+                    last_word.eq(head.words == 1), last_token.eq(head.tokens == 1),
                 ]
 
         m.d.comb += self.active.eq(running)
