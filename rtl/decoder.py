@@ -1,6 +1,6 @@
 """Weight decoders: one memory word of packed trits in, a row of lane controls out."""
 
-from amaranth.hdl import Cat, Const, Module
+from amaranth.hdl import Cat, Const, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -99,6 +99,28 @@ class WeightDecoder(wiring.Component):
                     row = port.data
                     m.d.comb += port.addr.eq(self.word[8 * j:8 * j + 8])
                 rows.append(row)
+
+        def flagged(bad_of):
+            """Whether any code of the word is invalid; with registered_decode, worked out on
+            `next_word` and registered like the tables, so no check follows the register."""
+            if not p.registered_decode:
+                return Cat(*bad_of(self.word)).any()
+            bad = Signal()
+            m.d.sync += bad.eq(Cat(*bad_of(self.next_word)).any())
+            return bad
+
+        def code2_bad(word):
+            return [word[2 * lane:2 * lane + 2] == CODE2_INVALID for lane in range(4 * nbytes)]
+
+        def nm_bad(word):
+            return [word[NM_SLOT_BITS * lane:NM_SLOT_BITS * (lane + 1)] == NM_INVALID
+                    for lane in range(NM_SLOTS_PER_BYTE * nbytes)]
+
+        # (Outside the encoding switch, for the same reason as the tables.)
+        if WeightEncoding.CODE2 in p.encodings:
+            code2_bad_any = flagged(code2_bad)
+        if WeightEncoding.NM in p.encodings:
+            nm_bad_any = flagged(nm_bad)
         with m.Switch(self.encoding):
             if WeightEncoding.BASE3 in p.encodings:
                 with m.Case(WeightEncoding.BASE3):
@@ -108,27 +130,23 @@ class WeightDecoder(wiring.Component):
                     m.d.comb += self.invalid.eq(Cat(*[row[2 * n] for row in rows]).any())
             if WeightEncoding.CODE2 in p.encodings:
                 with m.Case(WeightEncoding.CODE2):
-                    bad = []
                     for lane in range(4 * nbytes):
                         code = self.word[2 * lane:2 * lane + 2]
                         # code = trit + 1: 00 -> -1, 01 -> 0, 10 -> +1.
                         assert TRIT_CODE_OFFSET == 1
                         m.d.comb += put(lane, ~code[0] & ~(code == CODE2_INVALID), code == 0)
-                        bad.append(code == CODE2_INVALID)
-                    m.d.comb += self.invalid.eq(Cat(*bad).any())
+                    m.d.comb += self.invalid.eq(code2_bad_any)
             if WeightEncoding.NM in p.encodings:
                 with m.Case(WeightEncoding.NM):
-                    bad = []
                     for lane in range(NM_SLOTS_PER_BYTE * nbytes):
                         code = self.word[NM_SLOT_BITS * lane:NM_SLOT_BITS * (lane + 1)]
                         # The offset, then the sign; NM_EMPTY and NM_INVALID have every offset
                         # bit set, and differ in the sign.
                         offset, neg = code[:NM_OFFSET_BITS], code[NM_OFFSET_BITS]
                         m.d.comb += put(lane, offset != NM_EMPTY, neg, offset)
-                        bad.append(code == NM_INVALID)
                     assert NM_EMPTY == (1 << NM_OFFSET_BITS) - 1
                     assert NM_INVALID == NM_EMPTY | 1 << NM_OFFSET_BITS
-                    m.d.comb += self.invalid.eq(Cat(*bad).any())
+                    m.d.comb += self.invalid.eq(nm_bad_any)
             with m.Default():
                 m.d.comb += self.invalid.eq(1)
         return m
