@@ -141,7 +141,7 @@ class ComputeUnit(wiring.Component):
         wbuf = Signal.like(head.wbuf)
         grow = Signal(len(head.abuf) + 1)      # activation row of the current group
         acc = Signal.like(head.acc)
-        k_len = Signal.like(head.k_len)     # steps per token group: columns, or N:M slots
+        k_last = Signal.like(head.k_len)    # steps per token group (columns, or N:M slots) - 1
         x_stride = Signal.like(head.x_stride)
         tokens_left = Signal(len(head.tokens) + 1)
         span = Signal(len(head.k_len) + 1)      # activation rows one group reads
@@ -177,12 +177,11 @@ class ComputeUnit(wiring.Component):
         # Flags the issue decision and stage 0 look at, each worked out a cycle ahead, so that
         # no comparison lies between these registers and `take`.
         first_k = Signal()      # k == 0
-        last_k = Signal()       # k == k_len - 1
+        last_k = Signal()       # k == k_last
         one_step = Signal()     # k_len == 1
         last_tokens = Signal()  # tokens_left <= token_lanes: the final group
         last_slot = Signal()    # slot == nm - 1
         refuse = Signal()       # k == 0 and the group's activation rows run past the buffer
-        steps_left = Signal.like(head.k_len)    # k_len - 1 - k
         with m.If(running):
             with m.If(refuse):
                 m.d.comb += [self.error.eq(ErrorCode.BAD_ADDRESS), self.error_pc.eq(pc)]
@@ -201,15 +200,15 @@ class ComputeUnit(wiring.Component):
                                  grow.eq(next_grow),
                                  tokens_left.eq(tokens_left - p.token_lanes),
                                  last_tokens.eq(tokens_left <= 2 * p.token_lanes),
-                                 first_k.eq(1), last_k.eq(one_step), steps_left.eq(k_len - 1),
+                                 first_k.eq(1), last_k.eq(one_step),
                                  last_slot.eq(nm == 1),
                                  refuse.eq(next_grow + span > p.abuf_rows)]
                     with m.If(final):
                         m.d.sync += running.eq(0)
                         m.d.comb += finishing.eq(1)
                 with m.Else():
-                    m.d.sync += [k.eq(k + 1), first_k.eq(0), steps_left.eq(steps_left - 1),
-                                 last_k.eq(steps_left == 1)]
+                    k_next = (k + 1)[:len(k)]
+                    m.d.sync += [k.eq(k_next), first_k.eq(0), last_k.eq(k_next == k_last)]
                     with m.If(nm == 0):
                         m.d.sync += bytepos.eq(bytepos + p.token_lanes)
                     with m.Elif(last_slot):
@@ -254,13 +253,13 @@ class ComputeUnit(wiring.Component):
                              self.pop_next.eq(head.pop_next)]
                 m.d.sync += [
                     running.eq(1), pc.eq(self.head_pc), wbuf.eq(head.wbuf), grow.eq(head.abuf),
-                    acc.eq(head.acc), k_len.eq(steps), x_stride.eq(head.x_stride),
+                    acc.eq(head.acc), k_last.eq(steps - 1), x_stride.eq(head.x_stride),
                     nm.eq(head.nm if p.nm else 0), slot.eq(0),
                     tokens_left.eq(head.tokens), n_rows.eq(head.n_rows),
                     accumulate.eq(head.accumulate), push_prev.eq(head.push_prev),
                     push_next.eq(head.push_next), k.eq(0), g.eq(0), bytepos.eq(0),
                     span.eq(head_span), first_k.eq(1), last_k.eq(steps == 1),
-                    one_step.eq(steps == 1), steps_left.eq(steps - 1),
+                    one_step.eq(steps == 1),
                     last_tokens.eq(head.tokens <= p.token_lanes), last_slot.eq(head.nm == 1),
                     refuse.eq(head.abuf + head_span > p.abuf_rows),
                     row_mask.eq(row_mask_of),

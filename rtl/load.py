@@ -137,16 +137,15 @@ class LoadUnit(wiring.Component):
         # so that no comparison or addition lies between these registers and `take`.
         busy = Signal()
         pc = Signal(PC_BITS)
-        row_addr = Signal(ADDR_BITS)        # first word of the current row
-        req_addr = Signal(ADDR_BITS)        # row_addr + the word being requested
-        stride = Signal(ADDR_BITS)
+        req_addr = Signal(ADDR_BITS)        # the word being requested
+        row_step = Signal(ADDR_BITS)        # stride - (length - 1): last word -> next row
         length_m1 = Signal.like(head.length)
-        words_left = Signal.like(head.length)   # words of the row after the one requested
+        word = Signal.like(head.length)     # word of the row being requested
         rows_left = Signal.like(head.rows)
         span = Signal.like(head.length)     # buffer rows one LOAD row fills
         row_end = Signal(max(len(head.sram), len(head.length)) + 2)    # sram row + span
         depth = Signal(range(max(p.wbuf_rows, p.abuf_rows) + 1))
-        last_word = Signal()    # words_left == 0
+        last_word = Signal()    # word == length - 1
         last_row = Signal()     # rows_left == 1
         one_word = Signal()     # length == 1
         refuse = Signal()       # the first word of a row that runs past the end of its buffer
@@ -183,8 +182,7 @@ class LoadUnit(wiring.Component):
             with m.Else():
                 with m.If(last_word):
                     m.d.sync += [
-                        row_addr.eq(row_addr + stride), req_addr.eq(row_addr + stride),
-                        words_left.eq(length_m1), last_word.eq(one_word),
+                        req_addr.eq(req_addr + row_step), word.eq(0), last_word.eq(one_word),
                         row_end.eq(row_end + span), refuse.eq(row_end + span > depth),
                         rows_left.eq(rows_left - 1), last_row.eq(rows_left == 2),
                     ]
@@ -192,8 +190,9 @@ class LoadUnit(wiring.Component):
                         m.d.sync += busy.eq(0)
                         m.d.comb += finishing.eq(1)
                 with m.Else():
-                    m.d.sync += [req_addr.eq(req_addr + 1), words_left.eq(words_left - 1),
-                                 last_word.eq(words_left == 1), refuse.eq(0)]
+                    word_next = (word + 1)[:len(word)]
+                    m.d.sync += [req_addr.eq(req_addr + 1), word.eq(word_next),
+                                 last_word.eq(word_next == length_m1), refuse.eq(0)]
 
         tokens_ok = ~head.pop_next | self.tok_next
         # The next LOAD may issue in the cycle of this one's last request: no bubble.
@@ -210,9 +209,9 @@ class LoadUnit(wiring.Component):
                 m.d.comb += [self.take.eq(1), self.pop_next.eq(head.pop_next)]
                 head_span = Mux(head_nm, head.length >> shift, head.length)
                 m.d.sync += [
-                    busy.eq(1), pc.eq(self.head_pc), row_addr.eq(head.dram),
-                    req_addr.eq(head.dram), stride.eq(head.stride),
-                    length_m1.eq(head.length - 1), words_left.eq(head.length - 1),
+                    busy.eq(1), pc.eq(self.head_pc), req_addr.eq(head.dram),
+                    row_step.eq(head.stride - (head.length - 1)), word.eq(0),
+                    length_m1.eq(head.length - 1),
                     one_word.eq(head.length == 1), last_word.eq(head.length == 1),
                     rows_left.eq(head.rows), last_row.eq(head.rows == 1),
                     depth.eq(head_depth), span.eq(head_span),
