@@ -122,7 +122,10 @@ class HostLink(wiring.Component):
         rcode = Signal(8)
         rlen = Signal(16)
         crc = Signal(16)
-        timer = Signal(range(chip.link_timeout_cycles + 1))
+        # Counted in bit times (a prescaler of uart_divisor cycles, then bits): two short
+        # carry chains instead of one over link_timeout_cycles.
+        timer = Signal(range(chip.link_timeout_bits + 1))
+        prescale = Signal(range(chip.uart_divisor))
         ptr = Signal(range(buf_bytes + 1))
         shreg = Signal(width)
         busy = Signal()
@@ -145,9 +148,12 @@ class HostLink(wiring.Component):
 
         # Silence timer: reloaded by every received byte, expires inside a frame.
         with m.If(got):
-            m.d.sync += timer.eq(chip.link_timeout_cycles)
+            m.d.sync += [timer.eq(chip.link_timeout_bits), prescale.eq(chip.uart_divisor - 1)]
         with m.Elif(timer != 0):
-            m.d.sync += timer.eq(timer - 1)
+            with m.If(prescale == 0):
+                m.d.sync += [timer.eq(timer - 1), prescale.eq(chip.uart_divisor - 1)]
+            with m.Else():
+                m.d.sync += prescale.eq(prescale - 1)
         expired = ~got & (timer == 0)
 
         def fail(reason):
