@@ -410,3 +410,38 @@ def test_decoder_one_encoding_enabled(only):
                for label, enc, word, expect in decoder_vectors(3, params, n_random=10,
                                                                positions=[])]
     check_decoder_outputs(params, vectors, simulate_decoder(params, vectors), 3)
+
+
+# -- Dispatcher: program memory that was never written -------------------------------------------
+
+def test_unwritten_program_memory_is_an_illegal_opcode():
+    """Each program word carries its predecoded checks (`rtl.predecode`); a word never written
+    must still read as opcode 0, an illegal opcode, at its own address."""
+    from rtl.isa import ErrorCode, Halt, Load
+    from rtl.sequencer import Dispatcher
+
+    dut = Dispatcher(DECODER_PARAMS)
+    seen = []
+
+    async def testbench(ctx):
+        # One LOAD at address 0 and nothing else: the dispatcher then reads address 1.
+        ctx.set(dut.imem_we, 1)
+        ctx.set(dut.imem_addr, 0)
+        ctx.set(dut.imem_data, Load(rows=1, length=1).encode())
+        await ctx.tick()
+        ctx.set(dut.imem_we, 0)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        ctx.set(dut.run, 1)
+        for _ in range(4):
+            seen.append((ctx.get(dut.pc), ErrorCode(ctx.get(dut.error)), ctx.get(dut.dispatch)))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert seen[0] == (0, ErrorCode.NONE, 1)          # the LOAD goes to the LOAD unit
+    assert seen[1][:2] == (1, ErrorCode.ILLEGAL_OPCODE)
+    assert Halt().encode() != 0
