@@ -1,6 +1,6 @@
 """The STORE unit: accumulator groups to the write channel as little-endian int32."""
 
-from amaranth.hdl import Array, Cat, Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -9,6 +9,17 @@ from .load import ADDR_BITS
 from .params import OUT_BYTES, ArrayParams
 
 __all__ = ["StoreUnit", "write_layout"]
+
+
+def select(values: list, index):
+    """values[index] as a balanced tree of 2-way muxes on the bits of `index` (indexing an
+    Array gave a chain of comparisons, as deep as there are values)."""
+    level = 0
+    while len(values) > 1:
+        values = [Mux(index[level], values[i + 1], values[i]) if i + 1 < len(values)
+                  else values[i] for i in range(0, len(values), 2)]
+        level += 1
+    return values[0]
 
 
 def write_layout(params: ArrayParams) -> data.StructLayout:
@@ -105,12 +116,12 @@ class StoreUnit(wiring.Component):
                     v = self.c_rdata[idx * p.acc_bits:(idx + 1) * p.acc_bits]
                     parts.append(Cat(v, v[-1].replicate(8 * OUT_BYTES - p.acc_bits)))
                 row.append(Cat(*parts))
-            table.append(Array(row))
-        table = Array(table)
+            table.append(select(row, word))
+        out_word = select(table, lane)
 
         with m.If(running):
             m.d.comb += [self.wr_req.valid.eq(1), self.wr_req.payload.addr.eq(addr + word),
-                         self.wr_req.payload.data.eq(table[lane][word])]
+                         self.wr_req.payload.data.eq(out_word)]
             with m.If(~self.wr_req.ready):
                 m.d.comb += self.stall_port.eq(1)
             with m.Elif(last_word):
