@@ -64,8 +64,11 @@ class ComputeUnit(wiring.Component):
         The lanes' accumulators, the one accumulator group, for STORE; the buffer ports are
         then unused.
     retire, retire_pc, error, error_pc, active, blocked, stall_dep : Out
-    busy_lanes, skipped : Out
-        Busy and zero-weight lane-cycles this cycle.
+    busy_lanes : Out
+        Busy lane-cycles this cycle.
+    skipped : Out
+        Zero-weight lane-cycles of the previous cycle (a register between the weight buffer
+        and the count).
     """
 
     def __init__(self, params: ArrayParams, predecoded: bool = False):
@@ -316,13 +319,16 @@ class ComputeUnit(wiring.Component):
         # which made the netlist grow with the square of the row count.
         zero_vec = Signal(p.row_lanes)
         m.d.comb += zero_vec.eq(Cat(*zero_bits))
-        zeros = popcount(zero_vec)
+        # The zero bits are registered as they leave the weight buffer, and the adder tree
+        # counts the register: `skipped` reports the previous cycle's stage 1.
+        zero_q = Signal(p.row_lanes)
+        tok_q = Signal(p.token_lanes)
+        m.d.sync += [zero_q.eq(Mux(s1, zero_vec, 0)), tok_q.eq(s1_tok)]
+        zeros = popcount(zero_q)
+        m.d.comb += self.skipped.eq(sum(Mux(tok_q[j], zeros, 0) for j in range(p.token_lanes)))
         with m.If(s1):
-            m.d.comb += [
-                self.busy_lanes.eq(sum(Mux(s1_tok[j], s1_nrows, 0)
-                                       for j in range(p.token_lanes))),
-                self.skipped.eq(sum(Mux(s1_tok[j], zeros, 0) for j in range(p.token_lanes))),
-            ]
+            m.d.comb += self.busy_lanes.eq(sum(Mux(s1_tok[j], s1_nrows, 0)
+                                               for j in range(p.token_lanes)))
             if not p.acc_in_lanes:
                 m.d.comb += [self.c_we.eq(s1_last), self.c_waddr.eq(s1_g),
                              self.c_wdata.eq(Cat(*totals))]

@@ -43,8 +43,8 @@ class Accelerator(wiring.Component):
     The host writes the program through `imem_*` while the accelerator is not running, then
     pulses `start` (ignored while `draining`). `status` goes RUNNING in the next cycle and ends
     DONE when a HALT retires or ERROR (with `error` and `error_pc`) when anything is malformed;
-    either way `counters` hold the run's performance counters, from one cycle after `status`
-    left RUNNING until the next start.
+    either way `counters` hold the run's performance counters, from the third cycle in which
+    `status` is no longer RUNNING until the next start.
 
     Members
     -------
@@ -283,10 +283,14 @@ class Accelerator(wiring.Component):
         assert set(increments) == set(Counter)
         # Each increment is registered, so that the stall and issue logic behind it and the
         # counter's carry chain are in different cycles: a counter adds what happened in a cycle
-        # one cycle later, and holds the whole run one cycle after `status` leaves RUNNING.
+        # one cycle later. COMPUTE reports zero weights a cycle late already: that counter is
+        # final a cycle later still, in the third cycle in which `status` is not RUNNING.
+        ran = Signal()          # the previous cycle was a RUNNING one
+        m.d.sync += ran.eq(run)
+        counted = {Counter.SKIPPED_ZERO: ran & ~begin}
         for c, inc in increments.items():
             inc_q = Signal(Value.cast(inc).shape(), name=f"inc_{c.name.lower()}")
-            m.d.sync += inc_q.eq(Mux(run, inc, 0))
+            m.d.sync += inc_q.eq(Mux(counted.get(c, run), inc, 0))
             with m.If(begin):
                 m.d.sync += self.counters[c].eq(0)
             with m.Else():
