@@ -123,7 +123,7 @@ class HostLink(wiring.Component):
         rlen = Signal(16)
         crc = Signal(16)
         # Counted in bit times (a prescaler of uart_divisor cycles, then bits): two short
-        # carry chains instead of one over link_timeout_cycles.
+        # carry chains instead of one over link_timeout_bits * uart_divisor cycles.
         timer = Signal(range(chip.link_timeout_bits + 1))
         prescale = Signal(range(chip.uart_divisor))
         ptr = Signal(range(buf_bytes + 1))

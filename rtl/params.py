@@ -269,10 +269,6 @@ class ChipParams:
         return (2 * self.clk_hz + self.baud) // (2 * self.baud)
 
     @property
-    def link_timeout_cycles(self) -> int:
-        return self.link_timeout_bits * self.uart_divisor
-
-    @property
     def mem_bytes(self) -> int:
         return self.mem_words * self.array.port_bytes
 
