@@ -38,9 +38,12 @@ class ComputeUnit(wiring.Component):
     (r, j) takes activation x[j, 8q + (c + d_r) mod 8], d_r the slot offset of row r (an 8-way
     select per lane). Everything else runs as for k_len = (k_len / 8) * N columns.
 
-    Timing: a MATMUL taken at cycle s reads in cycles s+1 .. s+G*k_len (stage 0), adds one cycle
-    later (stage 1) and retires at s + G*k_len + 1; the next MATMUL can be taken in cycle
-    s + G*k_len, the last read cycle, so back-to-back MATMULs keep the lanes busy.
+    Timing: a MATMUL taken at cycle s reads in cycles s+1 .. s+G*k_len (stage 0), picks each
+    lane's operands from the words read one cycle later (stage 1: registers between the buffers
+    and the lanes), adds one cycle after that (stage 2) and retires at s + G*k_len + 2; the next
+    MATMUL can be taken in cycle s + G*k_len, the last read cycle, so back-to-back MATMULs keep
+    the lanes busy. A partial sum to accumulate onto is read in stage 1, so a MATMUL reads
+    through the write of the group the previous one writes in the same cycle.
 
     Members
     -------
@@ -65,10 +68,10 @@ class ComputeUnit(wiring.Component):
         then unused.
     retire, retire_pc, error, error_pc, active, blocked, stall_dep : Out
     busy_lanes : Out
-        Busy lane-cycles this cycle.
+        Busy lane-cycles of this cycle's stage 1.
     skipped : Out
-        Zero-weight lane-cycles of the previous cycle (a register between the weight buffer
-        and the count).
+        Zero-weight lane-cycles of the previous cycle's stage 1 (a register between the weight
+        buffer and the count).
     """
 
     def __init__(self, params: ArrayParams, predecoded: bool = False):
@@ -170,12 +173,11 @@ class ComputeUnit(wiring.Component):
         s1_nm = Signal()
         s1_slot = Signal.like(slot)
         finishing = Signal()
-        clear = Signal()        # in-lane accumulators: start a non-accumulating group from 0
-        m.d.sync += s1.eq(0)
+        s1_clear = Signal()     # in-lane accumulators: start a non-accumulating group from 0
+        m.d.sync += [s1.eq(0), s1_clear.eq(0)]
         m.d.comb += [
             self.w_addr.eq(wbuf + k),
             self.a_addr.eq(grow + (bytepos >> port_shift)),
-            self.c_raddr.eq(acc + g),
         ]
         # Flags the issue decision and stage 0 look at, each worked out a cycle ahead, so that
         # no comparison lies between these registers and `take`.
@@ -190,9 +192,9 @@ class ComputeUnit(wiring.Component):
                 m.d.comb += [self.error.eq(ErrorCode.BAD_ADDRESS), self.error_pc.eq(pc)]
             with m.Else():
                 final = last_k & last_tokens
-                m.d.comb += clear.eq(first_k & ~accumulate)
                 m.d.sync += [
-                    s1.eq(1), s1_first.eq(first_k), s1_last.eq(last_k), s1_final.eq(final),
+                    s1.eq(1), s1_clear.eq(first_k & ~accumulate), s1_first.eq(first_k),
+                    s1_last.eq(last_k), s1_final.eq(final),
                     s1_g.eq(acc + g), s1_off.eq(bytepos[:port_shift]),
                     s1_tok.eq(Cat(*[tokens_left > j for j in range(p.token_lanes)])),
                     s1_nm.eq(nm != 0), s1_slot.eq(slot),
@@ -269,7 +271,7 @@ class ComputeUnit(wiring.Component):
                 ]
 
 
-        # -- stage 1: the lanes ----------------------------------------------------------------
+        # -- stage 1: each lane's operands, registered between the buffers and the lanes ---------
         s1_pc = Signal(PC_BITS)
         s1_acc = Signal()
         s1_push = Signal(2)
@@ -277,44 +279,68 @@ class ComputeUnit(wiring.Component):
         s1_nrows = Signal.like(n_rows)
         m.d.sync += [s1_pc.eq(pc), s1_acc.eq(accumulate), s1_push.eq(Cat(push_prev, push_next)),
                      s1_mask.eq(row_mask), s1_nrows.eq(n_rows)]
+        # The partial sums to accumulate onto are read here and arrive with stage 2.
+        m.d.comb += self.c_raddr.eq(s1_g)
         act = Signal(p.port_bits)
         m.d.comb += act.eq(self.a_data >> Cat(Const(0, 3), s1_off))
-        totals = []
-        zero_bits = []
+        # Stage 2's registers: the step's flags, the activations (the token lanes' bytes of the
+        # column, or of the group of 8 columns with N:M), each row's weight and slot position.
+        s2 = Signal()
+        s2_first, s2_last, s2_final, s2_acc = (Signal(name=f"s2_{n}")
+                                               for n in ("first", "last", "final", "acc"))
+        s2_g = Signal.like(s1_g)
+        s2_pc = Signal(PC_BITS)
+        s2_push = Signal(2)
+        s2_tok = Signal(p.token_lanes)
+        x_bytes = (NM_M if p.nm else 1) * p.token_lanes
+        s2_x = Signal(8 * x_bytes)
+        s2_nz = Signal(p.row_lanes)
+        s2_neg = Signal(p.row_lanes)
+        m.d.sync += [
+            s2.eq(s1), s2_first.eq(s1_first), s2_last.eq(s1_last), s2_final.eq(s1 & s1_final),
+            s2_acc.eq(s1_acc), s2_g.eq(s1_g), s2_pc.eq(s1_pc),
+            s2_push.eq(s1_push), s2_tok.eq(s1_tok), s2_x.eq(act[:len(s2_x)]),
+            s2_nz.eq(Cat(*[self.w_data[lb * r] & s1_mask[r] for r in range(p.row_lanes)])),
+            s2_neg.eq(Cat(*[self.w_data[lb * r + 1] for r in range(p.row_lanes)])),
+        ]
         # With N:M slots, row r's lanes read column 8q + (c + d_r) mod 8 of the group.
         pos = []
         for r in range(p.row_lanes):
             if p.nm:
                 d = self.w_data[lb * r + 2:lb * (r + 1)]
                 pos_r = Signal.like(d, name=f"pos_{r}")
-                m.d.comb += pos_r.eq(Mux(s1_nm, s1_slot + d, 0))
+                m.d.sync += pos_r.eq(Mux(s1_nm, s1_slot + d, 0))
                 pos.append(pos_r)
+
+        # -- stage 2: the lanes ----------------------------------------------------------------
+        totals = []
         for j in range(p.token_lanes):
-            x_dense = act[8 * j:8 * j + 8].as_signed()
+            x_dense = s2_x[8 * j:8 * j + 8].as_signed()
             if p.nm:
-                x_of = Array([act[8 * (i * p.token_lanes + j):8 * (i * p.token_lanes + j) + 8]
+                x_of = Array([s2_x[8 * (i * p.token_lanes + j):8 * (i * p.token_lanes + j) + 8]
                               for i in range(NM_M)])
             for r in range(p.row_lanes):
                 lane = TernaryLane(p.acc_bits, held=p.acc_in_lanes)
                 m.submodules[f"lane_{j}_{r}"] = lane
                 m.d.comb += [
-                    lane.step.eq(s1),
-                    lane.nz.eq(self.w_data[lb * r] & s1_mask[r] & s1_tok[j]),
-                    lane.neg.eq(self.w_data[lb * r + 1]),
+                    lane.step.eq(s2),
+                    lane.nz.eq(s2_nz[r] & s2_tok[j]),
+                    lane.neg.eq(s2_neg[r]),
                     lane.x.eq(x_of[pos[r]].as_signed() if p.nm else x_dense),
                 ]
                 if p.acc_in_lanes:
-                    # The lane holds the group; clearing it one cycle ahead of the first add
-                    # drops only a result this MATMUL overwrites anyway.
-                    m.d.comb += lane.clear.eq(clear)
+                    # The lane holds the group; clearing it in stage 1, one cycle ahead of the
+                    # first add, drops only a result this MATMUL overwrites anyway.
+                    m.d.comb += lane.clear.eq(s1_clear)
                     totals.append(lane.acc)
                 else:
                     idx = j * p.row_lanes + r
                     init = self.c_rdata[idx * p.acc_bits:(idx + 1) * p.acc_bits].as_signed()
-                    m.d.comb += [lane.first.eq(s1_first), lane.init.eq(Mux(s1_acc, init, 0))]
+                    m.d.comb += [lane.first.eq(s2_first), lane.init.eq(Mux(s2_acc, init, 0))]
                     totals.append(lane.total)
-        for r in range(p.row_lanes):
-            zero_bits.append(~self.w_data[lb * r] & s1_mask[r])
+
+        # -- counters: stage 1's busy lanes, and its zero weights a cycle later ------------------
+        zero_bits = [~self.w_data[lb * r] & s1_mask[r] for r in range(p.row_lanes)]
         # A named signal: slicing an unnamed Cat bit by bit re-emits the whole Cat each time,
         # which made the netlist grow with the square of the row count.
         zero_vec = Signal(p.row_lanes)
@@ -322,20 +348,20 @@ class ComputeUnit(wiring.Component):
         # The zero bits are registered as they leave the weight buffer, and the adder tree
         # counts the register: `skipped` reports the previous cycle's stage 1.
         zero_q = Signal(p.row_lanes)
-        tok_q = Signal(p.token_lanes)
-        m.d.sync += [zero_q.eq(Mux(s1, zero_vec, 0)), tok_q.eq(s1_tok)]
+        m.d.sync += zero_q.eq(Mux(s1, zero_vec, 0))
         zeros = popcount(zero_q)
-        m.d.comb += self.skipped.eq(sum(Mux(tok_q[j], zeros, 0) for j in range(p.token_lanes)))
+        m.d.comb += self.skipped.eq(sum(Mux(s2_tok[j], zeros, 0) for j in range(p.token_lanes)))
         with m.If(s1):
             m.d.comb += self.busy_lanes.eq(sum(Mux(s1_tok[j], s1_nrows, 0)
                                                for j in range(p.token_lanes)))
+        with m.If(s2):
             if not p.acc_in_lanes:
-                m.d.comb += [self.c_we.eq(s1_last), self.c_waddr.eq(s1_g),
+                m.d.comb += [self.c_we.eq(s2_last), self.c_waddr.eq(s2_g),
                              self.c_wdata.eq(Cat(*totals))]
-            with m.If(s1_final):
-                m.d.comb += [self.retire.eq(1), self.retire_pc.eq(s1_pc),
-                             self.push_prev.eq(s1_push[0]), self.push_next.eq(s1_push[1])]
+            with m.If(s2_final):
+                m.d.comb += [self.retire.eq(1), self.retire_pc.eq(s2_pc),
+                             self.push_prev.eq(s2_push[0]), self.push_next.eq(s2_push[1])]
         if p.acc_in_lanes:
             m.d.comb += self.acc_out.eq(Cat(*totals))
-        m.d.comb += self.active.eq(running | s1)
+        m.d.comb += self.active.eq(running | s1 | s2)
         return m

@@ -15,7 +15,7 @@ Timing rules (docs/architecture.md, "Cycle timing"), all from `rtl.params`:
 - LOAD (N words, latency L): requests s+1..s+N, the next may issue at s+N, retires at s+N+L
   (s+N+L+1 with `registered_decode`);
 - MATMUL (G token groups, S steps per group: k_len columns, or (k_len / 8) * N slots with
-  `nm` = N): reads s+1..s+G*S, the next may issue at s+G*S, retires at s+G*S+1;
+  `nm` = N): reads s+1..s+G*S, the next may issue at s+G*S, retires at s+G*S+2;
 - STORE: writes s+1..s+tokens*words, retires at the last write, where the next may issue;
 - HALT retires in the first cycle where all queues are empty and all units idle.
 
@@ -378,9 +378,10 @@ class _Run:
         self._matmul(ins, ok_groups, span, steps, c)
         cycles = groups * steps
         self.comp_free = c + cycles if ok_groups == groups else _NEVER
-        self.comp_active_until = c + cycles + 1
+        # Stage 1 (operands) and stage 2 (the adds) follow the last read.
+        self.comp_active_until = c + cycles + 2
         if ok_groups == groups:
-            self._schedule_retire(c + cycles + 1, Unit.COMPUTE, pc,
+            self._schedule_retire(c + cycles + 2, Unit.COMPUTE, pc,
                                   {"c2l": ins.push_prev, "c2s": ins.push_next})
         return True, False
 

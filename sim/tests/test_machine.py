@@ -73,9 +73,10 @@ def test_instruction_timing_contract():
     # retires at 7 + L. LOAD pc1 issues at 7 (the last request cycle), requests 8..9.
     assert cyc[(Unit.LOAD, 0)] == 1 + 6 + lat
     assert cyc[(Unit.LOAD, 1)] == 7 + 2 + lat
-    # MATMUL waits for pc1's token (visible one cycle after it retired): issue at s, G*k=8.
+    # MATMUL waits for pc1's token (visible one cycle after it retired): issue at s, G*k=8
+    # reads, then the operand stage and the adds.
     s = cyc[(Unit.LOAD, 1)] + 1
-    assert cyc[(Unit.COMPUTE, 2)] == s + 8 + 1
+    assert cyc[(Unit.COMPUTE, 2)] == s + 8 + 2
     # STORE issues the cycle after, writes tokens*words = 6 words.
     assert cyc[(Unit.STORE, 3)] == cyc[(Unit.COMPUTE, 2)] + 1 + 6
     assert cyc[(Unit.DISPATCH, 4)] == cyc[(Unit.STORE, 3)] + 1
@@ -133,11 +134,11 @@ def test_nm_matmul_adds_each_slot_at_its_column(n_slots):
     r = Simulator(p).run_one(case.job)
     assert r.status == Status.DONE, r.error
     assert np.array_equal(case.outputs(r), case.expected)
-    # N cycles per group of 8 columns: the MATMUL retires G * (k / 8) * N + 1 after it issues.
+    # N cycles per group of 8 columns: the MATMUL retires G * (k / 8) * N + 2 after it issues.
     cyc = retire_cycles(r)
     steps = k // NM_M * n_slots
     issue = cyc[(Unit.LOAD, 1)] + 1
-    assert cyc[(Unit.COMPUTE, 2)] == issue + 2 * steps + 1
+    assert cyc[(Unit.COMPUTE, 2)] == issue + 2 * steps + 2
     assert r.counters["BUSY_LANE_CYCLES"] == tokens * n_rows * steps
     empty = int((case.slots[:, :n_rows] == NM_EMPTY).sum())
     assert r.counters["SKIPPED_ZERO"] == tokens * empty
