@@ -42,9 +42,9 @@ class Accelerator(wiring.Component):
 
     The host writes the program through `imem_*` while the accelerator is not running, then
     pulses `start` (ignored while `draining`). `status` goes RUNNING in the next cycle and ends
-    DONE when a HALT retires or ERROR (with `error` and `error_pc`) when anything is malformed;
-    either way `counters` hold the run's performance counters, from the third cycle in which
-    `status` is no longer RUNNING until the next start.
+    DONE when a HALT retires or ERROR when anything is malformed, with `error` and `error_pc`
+    from the second cycle in which it is ERROR; either way `counters` hold the run's performance
+    counters, from the third cycle in which `status` is no longer RUNNING until the next start.
 
     Members
     -------
@@ -237,28 +237,43 @@ class Accelerator(wiring.Component):
         deadlock = run & any_blocked & stuck_units[0] & stuck_units[1] & stuck_units[2] & \
             (disp.stall | halt_waiting)
 
-        stop_error = Signal(ErrorCode)
-        stop_pc = Signal(PC_BITS)
-        with m.If(load.error != ErrorCode.NONE):
-            m.d.comb += [stop_error.eq(load.error), stop_pc.eq(load.error_pc)]
-        with m.Elif(comp.error != ErrorCode.NONE):
-            m.d.comb += [stop_error.eq(comp.error), stop_pc.eq(comp.error_pc)]
-        with m.Elif(store.error != ErrorCode.NONE):
-            m.d.comb += [stop_error.eq(store.error), stop_pc.eq(store.error_pc)]
-        with m.Elif(overflow):
-            m.d.comb += [stop_error.eq(ErrorCode.TOKEN_OVERFLOW), stop_pc.eq(overflow_pc)]
-        with m.Elif(disp.error != ErrorCode.NONE):
-            m.d.comb += [stop_error.eq(disp.error), stop_pc.eq(disp.pc)]
-        with m.Elif(deadlock):
-            m.d.comb += [stop_error.eq(ErrorCode.DEADLOCK), stop_pc.eq(disp.pc)]
+        # A deadlock persists (nothing can move), so it is reported from a register: one cycle
+        # after the cycle that shows it.
+        deadlock_q = Signal()
+        m.d.sync += deadlock_q.eq(deadlock)
+
+        # Status stops on any error source at once. The code and pc of the first by priority
+        # are chosen one cycle later, from registered copies of every source: `error` and
+        # `error_pc` are valid from the second cycle in which status is ERROR.
+        sources = [  # by priority: (error, its pc)
+            (load.error, load.error_pc), (comp.error, comp.error_pc),
+            (store.error, store.error_pc),
+            (Mux(overflow, ErrorCode.TOKEN_OVERFLOW, ErrorCode.NONE), overflow_pc),
+            (disp.error, disp.pc),
+            (Mux(deadlock_q, ErrorCode.DEADLOCK, ErrorCode.NONE), disp.pc),
+        ]
+        pc_bits = (p.imem_depth - 1).bit_length()
+        raised = Signal(len(sources))
+        m.d.comb += raised.eq(Cat(*[code != ErrorCode.NONE for code, _ in sources]))
+        stopped = Signal()      # status went ERROR in this cycle
+        codes_q = [Signal(ErrorCode, name=f"stop_code_{i}") for i in range(len(sources))]
+        pcs_q = [Signal(pc_bits, name=f"stop_pc_{i}") for i in range(len(sources))]
+        raised_q = Signal(len(sources))
+        m.d.sync += [stopped.eq(run & (raised != 0)), raised_q.eq(raised)]
+        m.d.sync += [r.eq(code) for r, (code, _) in zip(codes_q, sources)]
+        m.d.sync += [r.eq(pc) for r, (_, pc) in zip(pcs_q, sources)]
 
         with m.If(begin):
             m.d.sync += [status.eq(Status.RUNNING), error.eq(ErrorCode.NONE), error_pc.eq(0)]
         with m.Elif(run):
-            with m.If(stop_error != ErrorCode.NONE):
-                m.d.sync += [status.eq(Status.ERROR), error.eq(stop_error), error_pc.eq(stop_pc)]
+            with m.If(raised != 0):
+                m.d.sync += status.eq(Status.ERROR)
             with m.Elif(disp.halted):
                 m.d.sync += status.eq(Status.DONE)
+        with m.Elif(stopped):
+            for i in reversed(range(len(sources))):
+                with m.If(raised_q[i]):
+                    m.d.sync += [error.eq(codes_q[i]), error_pc.eq(pcs_q[i])]
 
         # -- retire ports and counters ---------------------------------------------------------
         for u, un in units.items():

@@ -534,10 +534,11 @@ class _Run:
                     self.pc += 1
                     dispatched = True
 
-            # Deadlock: nothing active, somebody blocked, nobody can move.
+            # Deadlock: nothing active, somebody blocked, nobody can move. It persists, and is
+            # reported one cycle after the first cycle that shows it.
             stuck = all(not active[u] and (blocked[u] or not heads[u]) for u in self.queues)
             if any(blocked.values()) and stuck and (stall_d or halt_wait):
-                self._error(c, _PRIO_DEADLOCK, ErrorCode.DEADLOCK, self.pc)
+                self._error(c + 1, _PRIO_DEADLOCK, ErrorCode.DEADLOCK, self.pc)
 
             # Retirements and token updates.
             retiring = self.retires.pop(c, [])

@@ -34,7 +34,7 @@ from sim.backend import Job, MemoryImage, projection_job
 from sim.golden import pack_trits, ternary_matmul
 
 __all__ = ["Case", "projection_case", "projection_cases", "special_cases", "fuzz_job",
-           "error_cases", "nm_words", "nm_case"]
+           "error_cases", "colliding_error_cases", "nm_words", "nm_case"]
 
 
 @dataclass
@@ -359,4 +359,37 @@ def error_cases(params: ArrayParams) -> list:
          [Load(pop_next=1, rows=1, length=1) for _ in range(p.queue_depth + 1)] + [Halt()],
          ErrorCode.DEADLOCK, p.queue_depth)
     case("no-halt", [Load(rows=1, length=1)] * p.imem_depth, ErrorCode.NO_HALT, p.imem_depth - 1)
+    return cases
+
+
+def colliding_error_cases(params: ArrayParams) -> list:
+    """Programs in which two errors of different priority fall in the same cycle; the one first
+    in docs/architecture.md's order must be reported. Each is found by lengthening a run of
+    filler LOADs until, in the simulator, the dispatcher reaches an illegal word in the cycle
+    the other error falls due."""
+    p = params
+    from sim.machine import _Run  # the errors that fell due, not only the one reported
+
+    bad = MemoryImage(p.port_bytes)
+    word = np.zeros((4, p.port_bytes), np.uint8)
+    word[3, 0] = 243                        # an invalid base-3 byte in the last word
+    bad.add(0, word)
+    fillers = [Load(buffer=Buffer.ACT, rows=1, length=1), Store(tokens=1, words=1, dram=1 << 20)]
+    heads = {
+        "load-response-vs-dispatcher": [Load(rows=1, length=4)],
+        "token-overflow-vs-dispatcher":
+            [Load(buffer=Buffer.ACT, rows=1, length=1, push_next=1)] * (p.token_depth + 1),
+    }
+    cases = []
+    for name, head in heads.items():
+        for filler, n in ((f, n) for f in fillers for n in range(64)):
+            job = Job(head + [filler] * n + [0xF], bad, max_cycles=50_000)
+            run = _Run(p, job)
+            r = run.run()
+            last = [e for e in run.errors if e[0] == r.counters["CYCLES"] - 1]
+            if len({e[1] for e in last}) >= 2:
+                cases.append(Case(name, job, error=r.error, error_pc=r.error_pc))
+                break
+        else:
+            raise AssertionError(f"{p.name}: no run of fillers makes {name} collide")
     return cases

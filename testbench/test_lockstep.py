@@ -10,7 +10,13 @@ import pytest
 from rtl.isa import Counter, ErrorCode, Status
 
 from .backend import record_waves
-from .programs import error_cases, fuzz_job, projection_cases, special_cases
+from .programs import (
+    colliding_error_cases,
+    error_cases,
+    fuzz_job,
+    projection_cases,
+    special_cases,
+)
 
 
 def check_lockstep(cases, rtl, sim):
@@ -59,6 +65,13 @@ def test_special_values_lockstep(config, rtl, sim):
 
 def test_errors_lockstep(config, rtl, sim):
     check_lockstep(error_cases(config), rtl, sim)
+
+
+def test_colliding_errors_lockstep(config, rtl, sim):
+    # Two errors in one cycle: the RTL reports the one first in priority, as the simulator.
+    cases = colliding_error_cases(config)
+    check_lockstep(cases, rtl, sim)
+    assert {c.error for c in cases} == {ErrorCode.BAD_WEIGHT, ErrorCode.TOKEN_OVERFLOW}
 
 
 @pytest.mark.parametrize("seed", range(6))
