@@ -198,11 +198,16 @@ class HostLink(wiring.Component):
         # the sum needs only that many bits (plus the count's) once the top bits are zero.
         abits = max(chip.mem_words, a.imem_depth).bit_length()
         start = hdr[:8 * ADDR_BYTES]
+        # Two register stages (the sum, then the comparison): the header is complete two bytes
+        # (hundreds of cycles) before the CRC check looks at them.
         end = Signal(max(abits, 8 * COUNT_BYTES) + 1)
-        m.d.comb += end.eq(start[:abits] + access_units)
+        limit_q = Signal(range(max(chip.mem_words, a.imem_depth) + 1))
+        start_low = Signal()
+        m.d.sync += [end.eq(start[:abits] + access_units), limit_q.eq(limit),
+                     start_low.eq(start[abits:] == 0)]
         range_ok = Signal()
         bad_read_len = Signal()
-        m.d.sync += [range_ok.eq((start[abits:] == 0) & (end <= limit)),
+        m.d.sync += [range_ok.eq(start_low & (end <= limit_q)),
                      bad_read_len.eq(is_read & ((read_units == 0) |
                                                 (read_units > max_units_read)))]
         data_bytes = length - ADDR_BYTES
