@@ -1,6 +1,6 @@
 """The dispatcher: fetch from program memory, decode the header, hand out to the unit queues."""
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -92,7 +92,9 @@ class Dispatcher(wiring.Component):
         unit = pre.unit
         m.d.comb += [self.instr.eq(rdata[:INSTR_BITS]), self.pc.eq(pc),
                      self.unit_err.eq(pre.unit_err)]
-        m.d.comb += rp.addr.eq(Mux(advance, pc_next, pc))
+        # The port reads only when it advances (or starts): its address need not wait for the
+        # issue decisions behind `advance`.
+        m.d.comb += rp.addr.eq(pc_next)
         with m.If(self.start):
             m.d.sync += [pc.eq(0), pc_next.eq(1), last.eq(p.imem_depth == 1)]
             m.d.comb += rp.addr.eq(0)
