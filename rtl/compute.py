@@ -51,6 +51,8 @@ class ComputeUnit(wiring.Component):
     head_err : In(ErrorCode) (only when `predecoded`)
         `static_error` of the head, computed when the program was written; without
         `predecoded` the unit computes it from `head_instr`.
+    head_refuse0 : In(1) (only when `predecoded`)
+        `first_group_refused` of the head, likewise.
     take : Out(1)
     tok_prev, tok_next : In(1)
         A token from LOAD / from STORE is available.
@@ -82,6 +84,7 @@ class ComputeUnit(wiring.Component):
         members = {"acc_out": Out(acc_row)} if p.acc_in_lanes else {}
         if predecoded:
             members["head_err"] = In(ErrorCode)
+            members["head_refuse0"] = In(1)
         super().__init__({
             **members,
             "head_valid": In(1), "head_pc": In(PC_BITS), "head_instr": In(INSTR_BITS),
@@ -131,6 +134,22 @@ class ComputeUnit(wiring.Component):
                     (head.acc + groups > p.acc_groups)):
             m.d.comb += err.eq(ErrorCode.BAD_ADDRESS)
         return err
+
+    @staticmethod
+    def span(p: ArrayParams, head):
+        """Activation buffer rows one token group of MATMUL `head` reads."""
+        lt_shift = p.token_lanes.bit_length() - 1
+        port_shift = p.port_bytes.bit_length() - 1
+        return (((head.k_len - 1) << lt_shift) >> port_shift) + 1
+
+    @classmethod
+    def first_group_refused(cls, m, p: ArrayParams, instr) -> Signal:
+        """MATMUL `instr`'s first token group reads past the activation buffer: BAD_ADDRESS in
+        its first step, a cycle after issue (done when the program is written, `rtl.predecode`)."""
+        head = data.View(instr_layout(Opcode.MATMUL), instr)
+        refused = Signal()
+        m.d.comb += refused.eq(head.abuf + cls.span(p, head) > p.abuf_rows)
+        return refused
 
     def elaborate(self, platform):
         m = Module()
@@ -243,8 +262,12 @@ class ComputeUnit(wiring.Component):
         m.d.comb += row_mask_of.eq(Cat(*[h_gt[r // 16] | (h_eq[r // 16] & l_gt[r % 16])
                                          for r in range(p.row_lanes)]))
         steps = self.steps(m, p, head)
-        head_span = (((head.k_len - 1) << lt_shift) >> port_shift) + 1
-        head_err = self.head_err if self.predecoded else self.static_error(m, p, self.head_instr)
+        head_span = self.span(p, head)
+        if self.predecoded:
+            head_err, head_refuse0 = self.head_err, self.head_refuse0
+        else:
+            head_err = self.static_error(m, p, self.head_instr)
+            head_refuse0 = self.first_group_refused(m, p, self.head_instr)
         tokens_ok = (~head.pop_prev | self.tok_prev) & (~head.pop_next | self.tok_next)
         # The next MATMUL may issue in the final stage-0 cycle of this one: no bubble.
         # (Written after stage 0 so its register updates win.)
@@ -266,7 +289,7 @@ class ComputeUnit(wiring.Component):
                     span.eq(head_span), first_k.eq(1), last_k.eq(steps == 1),
                     one_step.eq(steps == 1),
                     last_tokens.eq(head.tokens <= p.token_lanes), last_slot.eq(head.nm == 1),
-                    refuse.eq(head.abuf + head_span > p.abuf_rows),
+                    refuse.eq(head_refuse0),
                     row_mask.eq(row_mask_of),
                 ]
 

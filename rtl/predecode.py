@@ -6,6 +6,8 @@ BAD_FIELD / BAD_ADDRESS checks of its unit (`LoadUnit.static_error`, `ComputeUni
 `StoreUnit.static_error`). The host writes the program between runs, so these carry chains and
 comparators sit on the write path, not between the program memory and the units' issue
 decisions. Nothing about timing changes: each error is raised in the same cycle as before.
+That includes one check that falls a cycle after issue: a MATMUL whose first token group reads
+past the activation buffer (`ComputeUnit.first_group_refused`), refused in its first step.
 """
 
 from amaranth.hdl import Module, Signal
@@ -21,7 +23,8 @@ from .store import StoreUnit
 __all__ = ["Predecoder", "pre_layout"]
 
 #: What the program memory stores beside each instruction.
-pre_layout = data.StructLayout({"unit": Unit, "disp_err": ErrorCode, "unit_err": ErrorCode})
+pre_layout = data.StructLayout({"unit": Unit, "disp_err": ErrorCode, "unit_err": ErrorCode,
+                                "refuse0": 1})
 
 _CHECKS = {Unit.LOAD: LoadUnit, Unit.COMPUTE: ComputeUnit, Unit.STORE: StoreUnit}
 
@@ -35,7 +38,8 @@ class Predecoder(wiring.Component):
     pre : Out(pre_layout)
         `unit`: where the instruction goes (`rtl.isa.UNIT_OF`). `disp_err`: ILLEGAL_OPCODE,
         BAD_DEPENDENCY (a pop or push towards a unit that does not exist) or NONE. `unit_err`:
-        the unit's static error, or NONE.
+        the unit's static error, or NONE. `refuse0`: a MATMUL's first token group reads
+        past the activation buffer.
     """
 
     def __init__(self, params: ArrayParams):
@@ -69,4 +73,6 @@ class Predecoder(wiring.Component):
             for u, err in errs.items():
                 with m.Case(u):
                     m.d.comb += self.pre.unit_err.eq(err)
+        m.d.comb += self.pre.refuse0.eq(
+            (unit == Unit.COMPUTE) & ComputeUnit.first_group_refused(m, self.params, self.instr))
         return m

@@ -43,6 +43,8 @@ class Dispatcher(wiring.Component):
         The decoded instruction word and its address.
     unit_err : Out(ErrorCode)
         The decoded instruction's static error in its unit (`rtl.predecode`), for the unit.
+    refuse0 : Out(1)
+        Predecoded: a MATMUL's first token group is out of range (`rtl.predecode`).
     halted : Out(1)
         A HALT retires this cycle.
     stall : Out(1)
@@ -61,6 +63,7 @@ class Dispatcher(wiring.Component):
             "dispatch": Out(len(Unit)), "offer": Out(len(Unit)), "full": In(3),
             "drained": In(1),
             "instr": Out(INSTR_BITS), "pc": Out(PC_BITS), "unit_err": Out(ErrorCode),
+            "refuse0": Out(1),
             "halted": Out(1), "stall": Out(1), "error": Out(ErrorCode),
         })
 
@@ -91,7 +94,7 @@ class Dispatcher(wiring.Component):
         pre = data.View(pre_layout, rdata[INSTR_BITS:])
         unit = pre.unit
         m.d.comb += [self.instr.eq(rdata[:INSTR_BITS]), self.pc.eq(pc),
-                     self.unit_err.eq(pre.unit_err)]
+                     self.unit_err.eq(pre.unit_err), self.refuse0.eq(pre.refuse0)]
         # The port reads only when it advances (or starts): its address need not wait for the
         # issue decisions behind `advance`.
         m.d.comb += rp.addr.eq(pc_next)

@@ -129,18 +129,23 @@ class Accelerator(wiring.Component):
             if p.queue_depth == 0:
                 m.d.comb += [un.head_valid.eq(disp.offer[u]), un.head_instr.eq(disp.instr),
                              un.head_pc.eq(disp.pc), un.head_err.eq(disp.unit_err)]
+                if u == Unit.COMPUTE:
+                    m.d.comb += un.head_refuse0.eq(disp.refuse0)
                 full.append(~un.take)
                 heads[u] = disp.offer[u]
                 continue
-            entry = Cat(disp.instr, disp.pc, disp.unit_err)
+            entry = Cat(disp.instr, disp.pc, disp.unit_err, disp.refuse0)
             q = unit(f"queue_{u.name.lower()}", SyncFIFO(width=len(entry), depth=p.queue_depth))
             head = q.r_data
+            err_at = INSTR_BITS + PC_BITS
             m.d.comb += [
                 q.w_en.eq(disp.dispatch[u]), q.w_data.eq(entry),
                 un.head_valid.eq(q.r_rdy), un.head_instr.eq(head[:INSTR_BITS]),
-                un.head_pc.eq(head[INSTR_BITS:INSTR_BITS + PC_BITS]),
-                un.head_err.eq(head[INSTR_BITS + PC_BITS:]), q.r_en.eq(un.take),
+                un.head_pc.eq(head[INSTR_BITS:err_at]),
+                un.head_err.eq(head[err_at:err_at + len(ErrorCode)]), q.r_en.eq(un.take),
             ]
+            if u == Unit.COMPUTE:
+                m.d.comb += un.head_refuse0.eq(head[-1])
             full.append(~q.w_rdy)
             heads[u] = q.r_rdy
         m.d.comb += disp.full.eq(Cat(*full))

@@ -299,6 +299,10 @@ def error_cases(params: ArrayParams) -> list:
          ErrorCode.BAD_ADDRESS, 0)
     case("matmul-past-wbuf", [MatMul(wbuf=p.wbuf_rows - 1, k_len=2, tokens=1, n_rows=1), Halt()],
          ErrorCode.BAD_ADDRESS, 0)
+    # Two activation rows from the last one: the first group is refused in its first step.
+    case("matmul-first-group-past-abuf",
+         [MatMul(abuf=p.abuf_rows - 1, k_len=p.port_bytes // p.token_lanes + 1, tokens=1,
+                 n_rows=1), Halt()], ErrorCode.BAD_ADDRESS, 0)
     if p.max_tokens > p.token_lanes:     # a second group exists to run past the end
         case("matmul-group-past-abuf",
              [MatMul(abuf=p.abuf_rows - 1, k_len=1, tokens=p.token_lanes + 1, n_rows=1,
