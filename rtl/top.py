@@ -90,11 +90,11 @@ class Accelerator(wiring.Component):
         status = Signal(Status)
         error = Signal(ErrorCode)
         error_pc = Signal(PC_BITS)
-        run = Signal()
+        run = Signal()          # status is RUNNING, as a register of its own (a wide fan-out)
         begin = Signal()
         outstanding = Signal(range(1 << 12))
         m.d.comb += [self.status.eq(status), self.error.eq(error), self.error_pc.eq(error_pc),
-                     run.eq(status == Status.RUNNING), self.draining.eq(outstanding != 0)]
+                     self.draining.eq(outstanding != 0)]
         m.d.comb += begin.eq(self.start & (status != Status.RUNNING) & (outstanding == 0))
 
         # The units run in a clock domain without reset: `begin` resets them at every start,
@@ -269,12 +269,13 @@ class Accelerator(wiring.Component):
         m.d.sync += [r.eq(pc) for r, (_, pc) in zip(pcs_q, sources)]
 
         with m.If(begin):
-            m.d.sync += [status.eq(Status.RUNNING), error.eq(ErrorCode.NONE), error_pc.eq(0)]
+            m.d.sync += [status.eq(Status.RUNNING), run.eq(1), error.eq(ErrorCode.NONE),
+                         error_pc.eq(0)]
         with m.Elif(run):
             with m.If(raised != 0):
-                m.d.sync += status.eq(Status.ERROR)
+                m.d.sync += [status.eq(Status.ERROR), run.eq(0)]
             with m.Elif(disp.halted):
-                m.d.sync += status.eq(Status.DONE)
+                m.d.sync += [status.eq(Status.DONE), run.eq(0)]
         with m.Elif(stopped):
             for i in reversed(range(len(sources))):
                 with m.If(raised_q[i]):
