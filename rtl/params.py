@@ -187,9 +187,10 @@ SCALE_POINTS = {
                         loads_in_flight=2, imem_depth=256, counter_bits=32,
                         registered_decode=True),
     # ULX3S (ECP5-85F): a 256-bit port, 160 rows x 2 tokens = 320 lanes. Two accumulator groups
-    # (each 7,360 flip-flops) let STORE drain one while the lanes fill the other.
+    # (each 7,360 flip-flops) let STORE drain one while the lanes fill the other. The base-3
+    # tables are block RAM (registered_decode): the combinational decoder was its critical path.
     "ecp5": ArrayParams(name="ecp5", port_bytes=32, token_lanes=2,
-                        wbuf_rows=1024, abuf_rows=512, acc_groups=2),
+                        wbuf_rows=1024, abuf_rows=512, acc_groups=2, registered_decode=True),
     # The reference design: a 1024-bit port (128 B/cycle), 640 rows x 2 tokens = 1280 lanes.
     # 640 rows divide the 2B4T projection heights 2560 and 640 and tile 6912 at 98%.
     # It implements N:M structured sparse weights (rtl.isa NM) besides the dense encodings.
