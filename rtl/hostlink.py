@@ -201,13 +201,11 @@ class HostLink(wiring.Component):
         # Two register stages (the sum, then the comparison): the header is complete two bytes
         # (hundreds of cycles) before the CRC check looks at them.
         end = Signal(max(abits, 8 * COUNT_BYTES) + 1)
-        limit_q = Signal(range(max(chip.mem_words, a.imem_depth) + 1))
         start_low = Signal()
-        m.d.sync += [end.eq(start[:abits] + access_units), limit_q.eq(limit),
-                     start_low.eq(start[abits:] == 0)]
+        m.d.sync += [end.eq(start[:abits] + access_units), start_low.eq(start[abits:] == 0)]
         range_ok = Signal()
         bad_read_len = Signal()
-        m.d.sync += [range_ok.eq(start_low & (end <= limit_q)),
+        m.d.sync += [range_ok.eq(start_low & (end <= limit)),
                      bad_read_len.eq(is_read & ((read_units == 0) |
                                                 (read_units > max_units_read)))]
         data_bytes = length - ADDR_BYTES

@@ -35,6 +35,11 @@ from .store import StoreUnit, write_layout
 
 __all__ = ["Accelerator", "main", "write_component", "write_verilog"]
 
+#: What a unit's instruction queue holds per instruction (and, with no queues, what the
+#: dispatcher offers): the word, its address, and its predecoded checks.
+entry_layout = data.StructLayout({"instr": INSTR_BITS, "pc": PC_BITS, "err": ErrorCode,
+                                  "refuse0": 1})
+
 
 
 class Accelerator(wiring.Component):
@@ -95,7 +100,7 @@ class Accelerator(wiring.Component):
         outstanding = Signal(range(1 << 12))
         m.d.comb += [self.status.eq(status), self.error.eq(error), self.error_pc.eq(error_pc),
                      self.draining.eq(outstanding != 0)]
-        m.d.comb += begin.eq(self.start & (status != Status.RUNNING) & (outstanding == 0))
+        m.d.comb += begin.eq(self.start & ~run & (outstanding == 0))
 
         # The units run in a clock domain without reset: `begin` resets them at every start,
         # and a second, unconditional reset would cost logic in front of many flip-flops.
@@ -123,31 +128,25 @@ class Accelerator(wiring.Component):
         # -- instruction queues ----------------------------------------------------------------
         # With queue_depth 0 a unit takes its instruction straight from the dispatcher, which
         # holds it until then; `heads` is whether each unit has an instruction to look at.
+        # An entry: the instruction with its address and predecoded checks (`rtl.predecode`).
+        entry = data.View(entry_layout, Cat(disp.instr, disp.pc, disp.unit_err, disp.refuse0))
         full = []
         heads = {}
         for u, un in units.items():
             if p.queue_depth == 0:
-                m.d.comb += [un.head_valid.eq(disp.offer[u]), un.head_instr.eq(disp.instr),
-                             un.head_pc.eq(disp.pc), un.head_err.eq(disp.unit_err)]
-                if u == Unit.COMPUTE:
-                    m.d.comb += un.head_refuse0.eq(disp.refuse0)
+                head, heads[u] = entry, disp.offer[u]
                 full.append(~un.take)
-                heads[u] = disp.offer[u]
-                continue
-            entry = Cat(disp.instr, disp.pc, disp.unit_err, disp.refuse0)
-            q = unit(f"queue_{u.name.lower()}", SyncFIFO(width=len(entry), depth=p.queue_depth))
-            head = q.r_data
-            err_at = INSTR_BITS + PC_BITS
-            m.d.comb += [
-                q.w_en.eq(disp.dispatch[u]), q.w_data.eq(entry),
-                un.head_valid.eq(q.r_rdy), un.head_instr.eq(head[:INSTR_BITS]),
-                un.head_pc.eq(head[INSTR_BITS:err_at]),
-                un.head_err.eq(head[err_at:err_at + len(ErrorCode)]), q.r_en.eq(un.take),
-            ]
+            else:
+                q = unit(f"queue_{u.name.lower()}",
+                         SyncFIFO(width=entry_layout.size, depth=p.queue_depth))
+                m.d.comb += [q.w_en.eq(disp.dispatch[u]), q.w_data.eq(entry),
+                             q.r_en.eq(un.take)]
+                head, heads[u] = data.View(entry_layout, q.r_data), q.r_rdy
+                full.append(~q.w_rdy)
+            m.d.comb += [un.head_valid.eq(heads[u]), un.head_instr.eq(head.instr),
+                         un.head_pc.eq(head.pc), un.head_err.eq(head.err)]
             if u == Unit.COMPUTE:
-                m.d.comb += un.head_refuse0.eq(head[-1])
-            full.append(~q.w_rdy)
-            heads[u] = q.r_rdy
+                m.d.comb += un.head_refuse0.eq(head.refuse0)
         m.d.comb += disp.full.eq(Cat(*full))
 
         # -- buffers ---------------------------------------------------------------------------
@@ -263,8 +262,7 @@ class Accelerator(wiring.Component):
         stopped = Signal()      # status went ERROR in this cycle
         codes_q = [Signal(ErrorCode, name=f"stop_code_{i}") for i in range(len(sources))]
         pcs_q = [Signal(pc_bits, name=f"stop_pc_{i}") for i in range(len(sources))]
-        raised_q = Signal(len(sources))
-        m.d.sync += [stopped.eq(run & (raised != 0)), raised_q.eq(raised)]
+        m.d.sync += stopped.eq(run & (raised != 0))
         m.d.sync += [r.eq(code) for r, (code, _) in zip(codes_q, sources)]
         m.d.sync += [r.eq(pc) for r, (_, pc) in zip(pcs_q, sources)]
 
@@ -278,7 +276,7 @@ class Accelerator(wiring.Component):
                 m.d.sync += [status.eq(Status.DONE), run.eq(0)]
         with m.Elif(stopped):
             for i in reversed(range(len(sources))):
-                with m.If(raised_q[i]):
+                with m.If(codes_q[i] != ErrorCode.NONE):
                     m.d.sync += [error.eq(codes_q[i]), error_pc.eq(pcs_q[i])]
 
         # -- retire ports and counters ---------------------------------------------------------

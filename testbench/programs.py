@@ -32,6 +32,7 @@ from rtl.isa import (
 from rtl.params import ArrayParams
 from sim.backend import Job, MemoryImage, projection_job
 from sim.golden import pack_trits, ternary_matmul
+from sim.machine import _Run  # for the errors that fell due, not only the one reported
 
 __all__ = ["Case", "projection_case", "projection_cases", "special_cases", "fuzz_job",
            "error_cases", "colliding_error_cases", "nm_words", "nm_case"]
@@ -372,7 +373,6 @@ def colliding_error_cases(params: ArrayParams) -> list:
     filler LOADs until, in the simulator, the dispatcher reaches an illegal word in the cycle
     the other error falls due."""
     p = params
-    from sim.machine import _Run  # the errors that fell due, not only the one reported
 
     bad = MemoryImage(p.port_bytes)
     word = np.zeros((4, p.port_bytes), np.uint8)
