@@ -276,7 +276,7 @@ class ChipParams:
 
 CHIPS = {
     # iCEBreaker: iCE40 UP5K, its four SPRAMs (128 KB) as the memory, 12 MHz crystal -> PLL.
-    # The chip fills 94% of the UP5K's logic cells; with its control pipelined (precomputed
+    # The chip fills 95% of the UP5K's logic cells; with its control pipelined (precomputed
     # checks and flags, docs/architecture.md section 5.1) it reaches 25-27 MHz
     # (docs/results.md), so the PLL makes 21 MHz; 48 MHz is still open.
     "icebreaker": ChipParams(name="icebreaker", array=SCALE_POINTS["tiny"], mem_words=32768,
