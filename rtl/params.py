@@ -186,11 +186,14 @@ SCALE_POINTS = {
                         wbuf_rows=256, abuf_rows=256, acc_groups=1, queue_depth=0,
                         loads_in_flight=2, imem_depth=256, counter_bits=32,
                         registered_decode=True),
-    # ULX3S (ECP5-85F): a 256-bit port, 160 rows x 2 tokens = 320 lanes. Two accumulator groups
-    # (each 7,360 flip-flops) let STORE drain one while the lanes fill the other. The base-3
-    # tables are block RAM (registered_decode): the combinational decoder was its critical path.
+    # ULX3S (ECP5-85F): a 256-bit port, 160 rows x 2 tokens = 320 lanes. One accumulator group,
+    # held in the lanes: a buffer of two groups (7,360 flip-flops each) let STORE drain one while
+    # the lanes filled the other, but with its read and bypass muxes it cost 74 LUT4 per lane of
+    # the 136 (the goal is 50); a STORE of 40 words against a MATMUL of k_len cycles costs less.
+    # The base-3 tables are block RAM (registered_decode): the combinational decoder was its
+    # critical path.
     "ecp5": ArrayParams(name="ecp5", port_bytes=32, token_lanes=2,
-                        wbuf_rows=1024, abuf_rows=512, acc_groups=2, registered_decode=True),
+                        wbuf_rows=1024, abuf_rows=512, acc_groups=1, registered_decode=True),
     # The reference design: a 1024-bit port (128 B/cycle), 640 rows x 2 tokens = 1280 lanes.
     # 640 rows divide the 2B4T projection heights 2560 and 640 and tile 6912 at 98%.
     # It implements N:M structured sparse weights (rtl.isa NM) besides the dense encodings.

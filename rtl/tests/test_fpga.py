@@ -237,18 +237,59 @@ def test_check_report_before_place_and_route():
     assert fpga.check_report(r) == ["does not fit: 12,600 LUT4 needed, 5,280 available"]
 
 
+def test_check_report_lut4_per_lane():
+    """The ULX3S allows 50 LUT4 per lane (issue #7); the iCEBreaker sets no bound."""
+    stat = {"design": {"num_cells_by_type": {"LUT4": 50 * 320, "TRELLIS_FF": 40}}}
+    r = {"board": "ulx3s", "lanes": 320, "clk_hz": 25 * MHZ, "steps_s": {"synth": 1.0}}
+    r.update(fpga.parse_reports("ecp5", stat, None))
+    assert fpga.check_report(r) == []
+    r["resources"]["lut4"]["used"] += 1
+    assert fpga.check_report(r) == [
+        "50.0 LUT4 per lane (16,001 for 320 lanes), more than the 50 allowed"]
+    r["board"] = "icebreaker"
+    assert fpga.check_report(r) == []
+
+
+def board_report(board="icebreaker", **changes) -> dict:
+    r = good_report()
+    r.update(board=board, device=fpga.BOARDS[board].device, design="chip",
+             scale_point="tiny", lanes=20, rows=20, token_lanes=1, ok=True, problems=[],
+             total_s=2.0, date="2026-01-01", machine=fpga.machine(),
+             versions=fpga._versions(), commit="abc1234")
+    r.update(changes)
+    return r
+
+
 def test_results_section_replaces_only_its_own(tmp_path):
     path = tmp_path / "results.md"
     path.write_text(f"# Results\n\nintro\n\n{fpga.BEGIN}\nold\n{fpga.END}\n\n## Later\n\nkept\n")
-    r = good_report()
-    r.update(board="icebreaker", device="iCE40UP5K", design="chip", scale_point="tiny",
-             lanes=20, rows=20, token_lanes=1, ok=True, problems=[], total_s=2.0,
-             date="2026-01-01", machine=fpga.machine(), versions=fpga._versions())
+    r = board_report()
     fpga.write_results(path, fpga.render([r], "python -m rtl.fpga"))
     text = path.read_text()
     assert text.startswith("# Results\n\nintro\n\n" + fpga.BEGIN)
     assert text.endswith(fpga.END + "\n\n## Later\n\nkept\n")
     assert "old" not in text and "| icebreaker (iCE40UP5K) |" in text and "52.5 MHz" in text
+    assert "| 200.0 |" in text and "| abc1234 |" in text     # LUT4 per lane, commit
+
+
+def test_results_keep_other_boards_rows():
+    """Building one board replaces its row and keeps the others' (with their commits); rows
+    of an older table layout are dropped rather than mixed in."""
+    ice, ulx = board_report(), board_report("ulx3s", commit="0ld0ld0", lanes=320)
+    both = fpga.render([ice, ulx], "python -m rtl.fpga")
+    ice2 = board_report(commit="new1234")
+    kept = fpga.kept_rows(both, [ice2])
+    assert len(kept) == 1 and "| ulx3s (" in kept[0] and "0ld0ld0" in kept[0]
+    assert "(at most 50)" in kept[0]
+    again = fpga.render([ice2], "python -m rtl.fpga --board icebreaker", kept)
+    rows = [line for line in again.splitlines() if line.startswith("| ") and "(" in line[:20]]
+    assert [r.split("|")[1].strip() for r in rows] == ["ulx3s (LFE5U-85F)",
+                                                        "icebreaker (iCE40UP5K)"]
+    assert "new1234" in rows[1] and "abc1234" not in again
+    assert "1 row(s) of earlier builds kept" in again
+    old_layout = both.replace(fpga.HEADER, "| board | design | lanes | clock |")
+    assert fpga.kept_rows(old_layout, [ice2]) == []
+    assert fpga.kept_rows("no section here", [ice2]) == []
 
 
 # -- the iCEBreaker bitstream --------------------------------------------------------------------
@@ -285,5 +326,24 @@ def test_icebreaker_bitstream(top):
             util["ICESTORM_SPRAM"]["available"], util["ICESTORM_DSP"]["available"]) == \
         (dev.lut4, dev.bram, dev.spram, dev.dsp)
     print(f"\n{board}: {res['logic_cells']['used']} logic cells, {fmax:.1f} MHz, "
+          f"steps {report['steps_s']}{' (cached)' if report['cached'] else ''}")
+
+
+@pytest.mark.slow
+def test_ulx3s_synthesis_lut4_per_lane():
+    # The ULX3S chip through synthesis only (about a minute; place and route takes half an
+    # hour, in `make bitstream`): it must fit in LUT4 per lane (issue #7: at most 50) and use
+    # no DSP block, and the build must stop with no place-and-route output.
+    board = "ulx3s"
+    out = fpga.ROOT / "build" / "fpga" / f"{board}-synth"
+    report = fpga.build(board, fpga.design_for(board), out, until="synth", say=print)
+    assert report["ok"], f"{board}: {'; '.join(report['problems'])}"
+    assert report["bitstream"] is None and set(report["steps_s"]) == {"elaborate", "synth"}
+    assert not (out / "chip.pnr.json").exists()
+    res = report["resources"]
+    assert res["dsp"]["used"] == 0 and report["lanes"] == CHIPS[board].array.lanes >= 256
+    per_lane = res["lut4"]["used"] / report["lanes"]
+    assert per_lane <= fpga.BOARDS[board].lut4_per_lane == 50, per_lane
+    print(f"\n{board}: {res['lut4']['used']} LUT4, {per_lane:.1f} per lane, "
           f"steps {report['steps_s']}{' (cached)' if report['cached'] else ''}")
 
