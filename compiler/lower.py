@@ -144,7 +144,7 @@ def lower(model: Path, out: Path | None = None, target: str = "default",
     ckpt = Checkpoint(Path(model))
     cfg = ckpt.config
     projs = ckpt.projections()
-    batch = max(1, params.max_tokens // 2)
+    batch = params.batch_tokens
     auto = nm == "auto"
     bar = Progress(len(projs) * (2 if auto else 1), progress)
 

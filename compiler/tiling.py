@@ -160,9 +160,13 @@ def plan_projection(params: ArrayParams, n: int, k: int, tokens: int,
     # A weight slot holds one buffer row per column, or N rows per group of NM_M columns.
     wslot = p.wbuf_rows // slots
     max_kt = (wslot // nm * NM_M if nm else wslot) // k_align * k_align
-    token_batch = token_batch or min(tokens, p.max_tokens // 2 or 1)
-    if token_batch > max(p.max_tokens // 2, 1):
-        raise ValueError(f"token_batch={token_batch} exceeds half the accumulators")
+    token_batch = token_batch or min(tokens, p.batch_tokens)
+    if token_batch > p.batch_tokens:
+        raise ValueError(f"token_batch={token_batch} exceeds the {p.batch_tokens} tokens of "
+                         f"half the accumulators")
+    if token_batch % p.token_lanes and token_batch < tokens:
+        raise ValueError(f"token_batch={token_batch} must be a multiple of the "
+                         f"{p.token_lanes} token lanes when it splits {tokens} tokens")
     batch_groups = _ceil(token_batch, p.token_lanes)
     # Activation rows per k-tile must fit an activation slot.
     max_kt_x = ((p.abuf_rows // slots) // batch_groups) * p.port_bytes // p.token_lanes

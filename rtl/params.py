@@ -164,6 +164,14 @@ class ArrayParams:
         return (2 ** (ACT_BITS - 1) * self.max_k).bit_length() + 1
 
     @property
+    def batch_tokens(self) -> int:
+        """Tokens a compiled program runs at once: those of half the accumulator groups (so
+        STORE can drain one half while the lanes fill the other), at least one group of
+        `token_lanes`. A whole number of groups: a batch starts on a group of the activation
+        image, whose words interleave the tokens of a group."""
+        return max(self.acc_groups // 2, 1) * self.token_lanes
+
+    @property
     def out_words_per_token(self) -> int:
         """Memory beats that hold one token's results for a full row of lanes."""
         return OUT_BYTES * self.row_lanes // self.port_bytes

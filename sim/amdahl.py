@@ -159,7 +159,7 @@ def projection_shapes(s: ModelShape) -> list[tuple[str, int, int]]:
 
 def token_batch(target: str) -> int:
     """Tokens per accelerator run, as compiler.lower stores programs (half the accumulators)."""
-    return max(1, scale_point(target).max_tokens // 2)
+    return scale_point(target).batch_tokens
 
 
 def simulate_cycles(target: str, n: int, k: int, tokens: int) -> dict:

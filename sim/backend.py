@@ -72,8 +72,9 @@ class RunResult:
                                                  np.uint8)
         return out
 
-    def mismatch(self, other: "RunResult") -> str | None:
-        """A one-line description of the first difference from `other`, or None."""
+    def mismatch(self, other: "RunResult", words: bool = True) -> str | None:
+        """A one-line description of the first difference from `other`, or None. Without
+        `words`, written words are compared by address only."""
         for name in ("status", "error", "error_pc", "timeout"):
             a, b = getattr(self, name), getattr(other, name)
             if a != b:
@@ -87,8 +88,10 @@ class RunResult:
                 return f"trace record {i}: {a} != {b}"
         if len(self.trace) != len(other.trace):
             return f"trace length {len(self.trace)} != {len(other.trace)}"
-        if sorted(self.writes) != sorted(other.writes):
+        if words and sorted(self.writes) != sorted(other.writes):
             return "written words differ"
+        if sorted(a for a, _ in self.writes) != sorted(a for a, _ in other.writes):
+            return "written addresses differ"
         return None
 
     @classmethod

@@ -49,6 +49,10 @@ class Case:
     error: ErrorCode = ErrorCode.NONE
     error_pc: int | None = None
     slots: np.ndarray | None = None     # an N:M case's slot codes (buffer rows, lanes)
+    #: The program STOREs accumulators no MATMUL of its own wrote: what they hold is left from
+    #: earlier runs (the hardware clears no accumulator at start), so only the written
+    #: addresses are compared, not the words.
+    stale_accumulators: bool = False
 
     def outputs(self, result) -> np.ndarray:
         return unpack_results(self.plan, result.region(self.plan.y_base, self.plan.y_words))
@@ -392,7 +396,8 @@ def colliding_error_cases(params: ArrayParams) -> list:
             r = run.run()
             last = [e for e in run.errors if e[0] == r.counters["CYCLES"] - 1]
             if len({e[1] for e in last}) >= 2:
-                cases.append(Case(name, job, error=r.error, error_pc=r.error_pc))
+                cases.append(Case(name, job, error=r.error, error_pc=r.error_pc,
+                                  stale_accumulators=isinstance(filler, Store)))
                 break
         else:
             raise AssertionError(f"{p.name}: no run of fillers makes {name} collide")

@@ -52,6 +52,24 @@ def test_results_equal_golden(seed):
     assert r.counters["SKIPPED_ZERO"] == t * int((w == 0).sum()), f"seed {seed}"
 
 
+@pytest.mark.parametrize("acc_groups", [1, 3])
+def test_batches_start_on_a_token_group(acc_groups):
+    """Two token lanes and one (the `ecp5` point) or three accumulator groups: a batch of
+    tokens must be whole groups, since a group's tokens share activation words. Batches of
+    max_tokens // 2 (1 or 3) made tokens 1 and 3 run on their neighbours' activations."""
+    p = ArrayParams(name=f"acc{acc_groups}", port_bytes=4, token_lanes=2, wbuf_rows=64,
+                    abuf_rows=64, acc_groups=acc_groups, imem_depth=2048)
+    assert p.batch_tokens == 2
+    for t in (3, 5):
+        plan, job, w, want = projection(p, 7, 9, t, seed=t)
+        assert plan.token_batch == 2
+        r = Simulator(p).run_one(job)
+        assert r.status == Status.DONE
+        assert np.array_equal(unpack_results(plan, r.region(plan.y_base, plan.y_words)), want)
+    with pytest.raises(ValueError, match="multiple of the 2 token lanes"):
+        projection(p, 7, 9, 3, token_batch=1)
+
+
 def retire_cycles(result):
     return {(rec.unit, rec.pc): rec.cycle for rec in result.trace}
 
