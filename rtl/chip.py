@@ -104,11 +104,14 @@ class ChipMemory(wiring.Component):
 class Chip(wiring.Component):
     """Run the accelerator on on-chip memory, driven by a host over a UART.
 
-    The memory has one port. While the accelerator runs it owns the port (writes first, then
-    reads: `rd_req.ready` drops while a write is offered), and responses come back
-    `MEM_READ_LATENCY` cycles after the request, in order. The host link reaches memory and
-    program memory only while the accelerator is neither running nor draining, so the two
-    never meet. Accelerator addresses wrap at `mem_words`.
+    The memory has one port. While the accelerator runs it owns the port. A write request is
+    always accepted, into a register, and written in the next cycle; a read is accepted, and
+    goes to memory in the same cycle, when that register is empty (`rd_req.ready` is its
+    registered empty flag, so no request path crosses from STORE to LOAD within a cycle).
+    Responses come back `MEM_READ_LATENCY` cycles after the request, in order. The host link
+    reaches memory and program memory only while the accelerator is neither running nor
+    draining and no write is pending, so the two never meet. Accelerator addresses wrap at
+    `mem_words`.
 
     Everything resets to a quiet state: the UART line idles high, the receiver ignores the
     line until it has seen it high, the accelerator is IDLE.
@@ -152,7 +155,7 @@ class Chip(wiring.Component):
             acc.imem_we.eq(link.imem_we), acc.imem_addr.eq(link.imem_addr),
             acc.imem_data.eq(link.imem_data), acc.start.eq(link.start),
             link.status.eq(acc.status), link.error.eq(acc.error),
-            link.error_pc.eq(acc.error_pc), link.draining.eq(acc.draining),
+            link.error_pc.eq(acc.error_pc),
             link.counters.eq(acc.counters),
             self.running.eq(acc.status == Status.RUNNING),
             self.done.eq(acc.status == Status.DONE),
@@ -160,12 +163,17 @@ class Chip(wiring.Component):
         ]
 
         abits = (chip.mem_words - 1).bit_length()
-        acc_wr = acc.wr_req.valid
-        acc_rd = acc.rd_req.valid & ~acc_wr
-        m.d.comb += [acc.wr_req.ready.eq(1), acc.rd_req.ready.eq(~acc_wr)]
-        with m.If(acc_wr):
-            m.d.comb += [mem.addr.eq(acc.wr_req.payload.addr[:abits]),
-                         mem.wdata.eq(acc.wr_req.payload.data), mem.we.eq(1), mem.en.eq(1)]
+        wr_full = Signal()      # a write taken last cycle, written this cycle
+        wr_addr = Signal(abits)
+        wr_data = Signal(a.port_bits)
+        m.d.sync += [wr_full.eq(acc.wr_req.valid), wr_addr.eq(acc.wr_req.payload.addr[:abits]),
+                     wr_data.eq(acc.wr_req.payload.data)]
+        acc_rd = acc.rd_req.valid & ~wr_full
+        m.d.comb += [acc.wr_req.ready.eq(1), acc.rd_req.ready.eq(~wr_full),
+                     link.draining.eq(acc.draining | wr_full)]
+        with m.If(wr_full):
+            m.d.comb += [mem.addr.eq(wr_addr), mem.wdata.eq(wr_data), mem.we.eq(1),
+                         mem.en.eq(1)]
         with m.Elif(acc_rd):
             m.d.comb += [mem.addr.eq(acc.rd_req.payload[:abits]), mem.en.eq(1)]
         with m.Else():
