@@ -255,9 +255,12 @@ class LoadUnit(wiring.Component):
         last = last_word & last_row
         with m.If(resp_valid & inflight.r_rdy):
             addr = cur.sram + offset
+            # A word with an invalid code stops the run, and is written all the same: nothing
+            # reads the weight buffer after an error, and the write enable then waits on no
+            # check of the decoder's output (on ECP5, 32 table outputs after a block RAM).
             with m.If((cur.buffer == Buffer.WEIGHT) & decoder.invalid):
                 m.d.comb += [resp_error.eq(ErrorCode.BAD_WEIGHT), resp_error_pc.eq(cur.pc)]
-            with m.Elif(cur.buffer == Buffer.WEIGHT):
+            with m.If(cur.buffer == Buffer.WEIGHT):
                 m.d.comb += [self.w_en.eq(-1), self.w_addr.eq(addr), self.w_data.eq(decoder.trits)]
                 if p.nm:
                     with m.If(cur.encoding == WeightEncoding.NM):
