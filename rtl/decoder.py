@@ -31,12 +31,11 @@ def trit_bits(t: int, offset: int = 0) -> int:
 
 
 def base3_rows() -> list:
-    """The base-3 ROM: byte -> its 5 trits' lane controls (trit i in bits [2i+1:2i]), and bit 10
-    set for the invalid bytes 243..255 (whose trits read 0)."""
+    """The base-3 ROM: byte -> its 5 trits' lane controls (trit i in bits [2i+1:2i]); the
+    invalid bytes 243..255 read 0 (the decoder flags them by comparison, not from the ROM)."""
     rows = [sum(trit_bits(t) << (2 * i) for i, t in enumerate(trits))
             for trits in base3_decode_table()]
-    n = TRITS_PER_BYTE[WeightEncoding.BASE3]
-    return rows + [1 << (2 * n)] * (256 - BASE3_VALID_BYTES)
+    return rows + [0] * (256 - BASE3_VALID_BYTES)
 
 
 class WeightDecoder(wiring.Component):
@@ -89,7 +88,7 @@ class WeightDecoder(wiring.Component):
                 # bits, about a third of what a 243-way case becomes; registered, it is one
                 # block RAM. (Outside the encoding switch: a registered read looks up the next
                 # word, whose encoding is not known yet.)
-                rom = Memory(shape=2 * n + 1, depth=256, init=base3_rows())
+                rom = Memory(shape=2 * n, depth=256, init=base3_rows())
                 m.submodules[f"base3_{j}"] = rom
                 if p.registered_decode:
                     port, row = read_port(m, rom)
@@ -109,6 +108,9 @@ class WeightDecoder(wiring.Component):
             m.d.sync += bad.eq(Cat(*bad_of(self.next_word)).any())
             return bad
 
+        def base3_bad(word):
+            return [word[8 * j:8 * j + 8] >= BASE3_VALID_BYTES for j in range(nbytes)]
+
         def code2_bad(word):
             return [word[2 * lane:2 * lane + 2] == CODE2_INVALID for lane in range(4 * nbytes)]
 
@@ -116,7 +118,10 @@ class WeightDecoder(wiring.Component):
             return [word[NM_SLOT_BITS * lane:NM_SLOT_BITS * (lane + 1)] == NM_INVALID
                     for lane in range(NM_SLOTS_PER_BYTE * nbytes)]
 
-        # (Outside the encoding switch, for the same reason as the tables.)
+        # (Outside the encoding switch, for the same reason as the tables.) Base 3 too: its
+        # check compares the bytes themselves, so no OR of 32 table outputs follows a block RAM.
+        if WeightEncoding.BASE3 in p.encodings:
+            base3_bad_any = flagged(base3_bad)
         if WeightEncoding.CODE2 in p.encodings:
             code2_bad_any = flagged(code2_bad)
         if WeightEncoding.NM in p.encodings:
@@ -127,7 +132,7 @@ class WeightDecoder(wiring.Component):
                     for j, row in enumerate(rows):
                         for i in range(n):
                             m.d.comb += put(n * j + i, row[2 * i], row[2 * i + 1])
-                    m.d.comb += self.invalid.eq(Cat(*[row[2 * n] for row in rows]).any())
+                    m.d.comb += self.invalid.eq(base3_bad_any)
             if WeightEncoding.CODE2 in p.encodings:
                 with m.Case(WeightEncoding.CODE2):
                     for lane in range(4 * nbytes):
