@@ -109,7 +109,12 @@ class WeightDecoder(wiring.Component):
             return bad
 
         def base3_bad(word):
-            return [word[8 * j:8 * j + 8] >= BASE3_VALID_BYTES for j in range(nbytes)]
+            # byte >= 243 = 0b1111_0011: the high nibble all ones and the low one >= 3, in
+            # logic rather than a comparator's carry chain.
+            assert BASE3_VALID_BYTES == 0b1111_0011
+            return [word[8 * j + 4:8 * j + 8].all()
+                    & (word[8 * j + 2] | word[8 * j + 3] | (word[8 * j] & word[8 * j + 1]))
+                    for j in range(nbytes)]
 
         def code2_bad(word):
             return [word[2 * lane:2 * lane + 2] == CODE2_INVALID for lane in range(4 * nbytes)]

@@ -292,12 +292,12 @@ CHIPS = {
     # (docs/results.md), so the PLL makes 21 MHz; 48 MHz is still open.
     "icebreaker": ChipParams(name="icebreaker", array=SCALE_POINTS["tiny"], mem_words=32768,
                              clk_hz=21_000_000, baud=1_000_000),
-    # ULX3S: ECP5-85F, 128 KB of block RAM beside the accelerator's own buffers. The chip fits
-    # (65% of the logic) and its paths reach 44 MHz (docs/results.md), so it runs at the
-    # board's 25 MHz oscillator; 150 MHz needs pipelined control and lane controls registered
-    # near the rows.
+    # ULX3S: ECP5-85F, 128 KB of block RAM beside the accelerator's own buffers. The chip
+    # takes 29% of the logic and its paths reach 46-50 MHz (docs/results.md), so the PLL makes
+    # 40 MHz from the 25 MHz oscillator; 150 MHz needs pipelined control, block RAM outputs
+    # registered, and lane controls registered near the rows.
     "ulx3s": ChipParams(name="ulx3s", array=SCALE_POINTS["ecp5"], mem_words=4096,
-                        clk_hz=25_000_000, baud=1_000_000),
+                        clk_hz=40_000_000, baud=1_000_000),
 }
 
 

@@ -98,9 +98,10 @@ class Accelerator(wiring.Component):
         run = Signal()          # status is RUNNING, as a register of its own (a wide fan-out)
         begin = Signal()
         outstanding = Signal(range(1 << 12))
+        quiet = Signal(init=1)      # outstanding == 0, worked out a cycle ahead
         m.d.comb += [self.status.eq(status), self.error.eq(error), self.error_pc.eq(error_pc),
-                     self.draining.eq(outstanding != 0)]
-        m.d.comb += begin.eq(self.start & ~run & (outstanding == 0))
+                     self.draining.eq(~quiet)]
+        m.d.comb += begin.eq(self.start & ~run & quiet)
 
         # The units run in a clock domain without reset: `begin` resets them at every start,
         # and a second, unconditional reset would cost logic in front of many flip-flops.
@@ -197,9 +198,9 @@ class Accelerator(wiring.Component):
         req = self.rd_req.valid & self.rd_req.ready
         resp = self.rd_resp.valid
         with m.If(req & ~resp):
-            m.d.sync += outstanding.eq(outstanding + 1)
-        with m.Elif(resp & ~req & (outstanding != 0)):
-            m.d.sync += outstanding.eq(outstanding - 1)
+            m.d.sync += [outstanding.eq(outstanding + 1), quiet.eq(0)]
+        with m.Elif(resp & ~req & ~quiet):
+            m.d.sync += [outstanding.eq(outstanding - 1), quiet.eq(outstanding == 1)]
 
         # -- dependency tokens -----------------------------------------------------------------
         # (producer push, consumer pop, the consumer's availability input)
