@@ -50,8 +50,8 @@ from amaranth.lib.cdc import ResetSynchronizer
 from .results import write_section
 
 __all__ = ["BOARDS", "DEVICES", "BoardTop", "BuildError", "Design", "build", "check_report",
-           "design_for", "ecp5_pll", "ice40_pll", "main", "parse_reports", "render",
-           "write_results"]
+           "design_for", "ecp5_pll", "ice40_pll", "kept_rows", "lut4_per_lane", "main",
+           "parse_reports", "render", "write_results"]
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- rtl.fpga: begin -->", "<!-- rtl.fpga: end -->"
@@ -473,6 +473,11 @@ def _same_clock(mhz: float, target_mhz: float) -> bool:
     return abs(mhz - target_mhz) <= 1e-3 * target_mhz
 
 
+def lut4_per_lane(report: dict) -> float:
+    """LUT4 (as synthesized) per lane of the design in `report`."""
+    return report["resources"]["lut4"]["used"] / report["lanes"]
+
+
 def check_report(report: dict) -> list:
     """Every reason the build in `report` is not acceptable (empty: it is)."""
     problems = []
@@ -482,10 +487,10 @@ def check_report(report: dict) -> list:
             problems.append(f"does not fit: {r['used']:,} {RESOURCES[kind]} needed, "
                             f"{r['available']:,} available")
     budget = BOARDS[report["board"]].lut4_per_lane if "board" in report else None
-    lut4 = report["resources"].get("lut4", {}).get("used", 0)
-    if budget is not None and lut4 > budget * report["lanes"]:
-        problems.append(f"{lut4 / report['lanes']:.1f} LUT4 per lane ({lut4:,} for "
-                        f"{report['lanes']} lanes), more than the {budget} allowed")
+    if budget is not None and lut4_per_lane(report) > budget:
+        problems.append(f"{lut4_per_lane(report):.1f} LUT4 per lane "
+                        f"({report['resources']['lut4']['used']:,} for {report['lanes']} "
+                        f"lanes), more than the {budget} allowed")
     dsp = report["resources"].get("dsp", {}).get("used", 0)
     if dsp:
         problems.append(f"uses {dsp} DSP block(s); the datapath must have no multiplier")
@@ -781,7 +786,7 @@ def _row(r: dict) -> str:
     fmax = target_fmax(r)
     steps = ", ".join(f"{k} {s:.0f} s" for k, s in r["steps_s"].items())
     budget = BOARDS[r["board"]].lut4_per_lane
-    per_lane = f"{r['resources']['lut4']['used'] / r['lanes']:.1f}" + (
+    per_lane = f"{lut4_per_lane(r):.1f}" + (
         "" if budget is None else f" (at most {budget})")
     return (f"| {r['board']} ({r['device']}) | {r['design']}, {r['scale_point']} "
             f"| {r['lanes']} ({r['rows']} x {r['token_lanes']}) | {_mhz(r['clk_hz'])} "
@@ -885,10 +890,9 @@ def main(argv=None) -> int:
         print(json.dumps(reports))
     for r in built:
         if r["ok"] and not r["bitstream"]:
-            lut4 = r["resources"]["lut4"]["used"]
             fmax = target_fmax(r)
-            print(f"{r['board']}: built until {r['until']}: {lut4:,} LUT4, "
-                  f"{lut4 / r['lanes']:.1f} per lane"
+            print(f"{r['board']}: built until {r['until']}: {r['resources']['lut4']['used']:,} "
+                  f"LUT4, {lut4_per_lane(r):.1f} per lane"
                   + ("" if fmax is None else f", {fmax:.1f} MHz for {_mhz(r['clk_hz'])}")
                   + f"; report {r['build_dir']}/report.json",
                   file=sys.stderr if args.json else sys.stdout)

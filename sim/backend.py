@@ -88,9 +88,10 @@ class RunResult:
                 return f"trace record {i}: {a} != {b}"
         if len(self.trace) != len(other.trace):
             return f"trace length {len(self.trace)} != {len(other.trace)}"
-        if words and sorted(self.writes) != sorted(other.writes):
-            return "written words differ"
-        if sorted(a for a, _ in self.writes) != sorted(a for a, _ in other.writes):
+        if words:
+            if sorted(self.writes) != sorted(other.writes):
+                return "written words differ"
+        elif sorted(a for a, _ in self.writes) != sorted(a for a, _ in other.writes):
             return "written addresses differ"
         return None
 

@@ -374,8 +374,8 @@ def error_cases(params: ArrayParams) -> list:
 def colliding_error_cases(params: ArrayParams) -> list:
     """Programs in which two errors of different priority fall in the same cycle; the one first
     in docs/architecture.md's order must be reported. Each is found by lengthening a run of
-    filler LOADs until, in the simulator, the dispatcher reaches an illegal word in the cycle
-    the other error falls due."""
+    filler LOADs (or STOREs) until, in the simulator, the dispatcher reaches an illegal word in
+    the cycle the other error falls due."""
     p = params
 
     bad = MemoryImage(p.port_bytes)

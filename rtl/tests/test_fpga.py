@@ -6,6 +6,8 @@ reports, a fresh clone builds once.
 """
 
 import json
+import re
+import subprocess
 from fractions import Fraction
 
 import pytest
@@ -250,6 +252,14 @@ def test_check_report_lut4_per_lane():
     assert fpga.check_report(r) == []
 
 
+def test_commit_names_the_checkout():
+    # 7 hex digits, and "+" when rtl/ differs from HEAD; git is there in every checkout.
+    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=fpga.ROOT,
+                          capture_output=True, text=True).stdout.strip()
+    commit = fpga._commit()
+    assert re.fullmatch(r"[0-9a-f]{7}\+?", commit) and commit.rstrip("+") == head, commit
+
+
 def board_report(board="icebreaker", **changes) -> dict:
     r = good_report()
     r.update(board=board, device=fpga.BOARDS[board].device, design="chip",
@@ -330,19 +340,20 @@ def test_icebreaker_bitstream(top):
 
 
 @pytest.mark.slow
-def test_ulx3s_synthesis_lut4_per_lane():
-    # The ULX3S chip through synthesis only (about a minute; place and route takes half an
-    # hour, in `make bitstream`): it must fit in LUT4 per lane (issue #7: at most 50) and use
-    # no DSP block, and the build must stop with no place-and-route output.
+def test_ulx3s_synthesis_lut4_per_lane(capsys):
+    # The ULX3S chip through synthesis only, from the command line (about a minute; place and
+    # route is in `make bitstream`): it must fit in LUT4 per lane (issue #7: at most 50) and
+    # use no DSP block, and the build must stop with no place-and-route output.
     board = "ulx3s"
-    out = fpga.ROOT / "build" / "fpga" / f"{board}-synth"
-    report = fpga.build(board, fpga.design_for(board), out, until="synth", say=print)
-    assert report["ok"], f"{board}: {'; '.join(report['problems'])}"
+    out = fpga.ROOT / "build" / "fpga-synth" / board
+    rc = fpga.main(["--board", board, "--until", "synth", "--out", str(out.parent), "--json"])
+    (report,) = json.loads(capsys.readouterr().out)
+    assert rc == 0 and report["ok"], f"{board}: {'; '.join(report['problems'])}"
     assert report["bitstream"] is None and set(report["steps_s"]) == {"elaborate", "synth"}
     assert not (out / "chip.pnr.json").exists()
     res = report["resources"]
     assert res["dsp"]["used"] == 0 and report["lanes"] == CHIPS[board].array.lanes >= 256
-    per_lane = res["lut4"]["used"] / report["lanes"]
+    per_lane = fpga.lut4_per_lane(report)
     assert per_lane <= fpga.BOARDS[board].lut4_per_lane == 50, per_lane
     print(f"\n{board}: {res['lut4']['used']} LUT4, {per_lane:.1f} per lane, "
           f"steps {report['steps_s']}{' (cached)' if report['cached'] else ''}")
