@@ -168,6 +168,14 @@ class HostLink(wiring.Component):
             m.d.sync += err.eq(reason)
             reply(Reply.ERROR, 2)
 
+        # The start pulse leaves from a register: it resets and enables every unit.
+        start = Signal()
+        m.d.sync += start.eq(0)
+        m.d.comb += self.start.eq(start)
+        # Checks registered a cycle before the decisions that use them.
+        known_q, len_ok_q, empty_q, crc_ok, busy_q = Signal(), Signal(), Signal(), Signal(), \
+            Signal()
+
         # -- frame checks ----------------------------------------------------------------------
         # On registered fields only (LEN in the cycle after its last byte, the header while
         # the CRC arrives), so that no check lies between the receiver and the next state.
@@ -197,12 +205,12 @@ class HostLink(wiring.Component):
         # The access ends within `limit` words. Only addresses below the larger memory can, so
         # the sum needs only that many bits (plus the count's) once the top bits are zero.
         abits = max(chip.mem_words, a.imem_depth).bit_length()
-        start = hdr[:8 * ADDR_BYTES]
+        first = hdr[:8 * ADDR_BYTES]
         # Two register stages (the sum, then the comparison): the header is complete two bytes
         # (hundreds of cycles) before the CRC check looks at them.
         end = Signal(max(abits, 8 * COUNT_BYTES) + 1)
         start_low = Signal()
-        m.d.sync += [end.eq(start[:abits] + access_units), start_low.eq(start[abits:] == 0)]
+        m.d.sync += [end.eq(first[:abits] + access_units), start_low.eq(first[abits:] == 0)]
         range_ok = Signal()
         bad_read_len = Signal()
         m.d.sync += [range_ok.eq(start_low & (end <= limit)),
@@ -240,15 +248,19 @@ class HostLink(wiring.Component):
             with m.State("LEN1"), m.If(receive()):
                 m.d.sync += length[8:].eq(byte)
                 m.next = "LEN_CHECK"
-            # One cycle: the next byte is at least a character time away.
+            # Two cycles, the checks registered in the first: the next byte is at least a
+            # character time away.
             with m.State("LEN_CHECK"):
-                m.d.sync += units.eq(Mux(is_imem, data_len >> _log2(INSTR_BYTES),
-                                         data_len >> _log2(P)))
-                with m.If(~known):
+                m.d.sync += [units.eq(Mux(is_imem, data_len >> _log2(INSTR_BYTES),
+                                          data_len >> _log2(P))),
+                             known_q.eq(known), len_ok_q.eq(len_ok), empty_q.eq(length == 0)]
+                m.next = "LEN_DECIDE"
+            with m.State("LEN_DECIDE"):
+                with m.If(~known_q):
                     fail(LinkError.BAD_COMMAND)
-                with m.Elif(~len_ok):
+                with m.Elif(~len_ok_q):
                     fail(LinkError.BAD_LENGTH)
-                with m.Elif(length == 0):
+                with m.Elif(empty_q):
                     m.next = "CRC0"
                 with m.Else():
                     m.next = "PAYLOAD"
@@ -269,18 +281,22 @@ class HostLink(wiring.Component):
             with m.State("DISCARD"), m.If(expired):
                 reply(Reply.ERROR, 2)
 
+            # Two cycles, the CRC's check and the accelerator's state registered in the first.
             with m.State("CHECK"):
-                m.d.sync += [addr.eq(hdr[:8 * ADDR_BYTES]), ptr.eq(0)]
-                with m.If(crc != 0):
+                m.d.sync += [addr.eq(hdr[:8 * ADDR_BYTES]), ptr.eq(0), crc_ok.eq(crc == 0),
+                             busy_q.eq(busy)]
+                m.next = "DECIDE"
+            with m.State("DECIDE"):
+                with m.If(~crc_ok):
                     reply_error(LinkError.BAD_CRC)
                 with m.Elif(code == Command.PING):
                     reply(Reply.PING, len(ident))
                 with m.Elif(code == Command.STATUS):
                     reply(Reply.STATUS, len(status_bytes))
-                with m.Elif(busy):
+                with m.Elif(busy_q):
                     reply_error(LinkError.BUSY)
                 with m.Elif(code == Command.START):
-                    m.d.comb += self.start.eq(1)
+                    m.d.sync += start.eq(1)
                     reply(code | 0x80, 0)
                 with m.Elif(bad_read_len):
                     reply_error(LinkError.BAD_LENGTH)
@@ -330,16 +346,21 @@ class HostLink(wiring.Component):
                 with m.Elif(rcode == Reply.READ_MEM):
                     m.next = "FETCH"
                 with m.Else():
-                    m.next = "TX_DATA"
+                    m.next = "TX_PREP"
             with m.State("FETCH"):
                 m.d.comb += self.mem_re.eq(1)
                 m.d.sync += addr.eq(addr + 1)
                 m.next = "FETCH_WAIT"
             with m.State("FETCH_WAIT"):
                 m.d.sync += shreg[width - a.port_bits:].eq(self.mem_rdata)
+                m.next = "TX_PREP"
+            # The byte to send is chosen into a register, then sent: the status and identity
+            # tables are not in front of the CRC.
+            out = Signal(8)
+            out_q = Signal(8)
+            with m.State("TX_PREP"):
+                m.d.sync += out_q.eq(out)
                 m.next = "TX_DATA"
-            with m.State("TX_DATA"):
-                out = Signal(8)
                 with m.Switch(rcode):
                     with m.Case(Reply.PING), m.Switch(count[:8]):
                         for i, b in enumerate(ident):
@@ -353,13 +374,14 @@ class HostLink(wiring.Component):
                         m.d.comb += out.eq(shreg[width - a.port_bits:][:8])
                     with m.Default():
                         m.d.comb += out.eq(Mux(count[0], code, err))
-                with m.If(send_crc(out)):
-                    m.d.sync += [count.eq(count + 1),
-                                 shreg.eq(Cat(shreg[8:], Const(0, 8)))]
-                    with m.If(count == rlen - 1):
-                        m.next = "TX_CRC0"
-                    with m.Elif((rcode == Reply.READ_MEM) & (count[:_log2(P)] == P - 1)):
-                        m.next = "FETCH"
+            with m.State("TX_DATA"), m.If(send_crc(out_q)):
+                m.d.sync += [count.eq(count + 1), shreg.eq(Cat(shreg[8:], Const(0, 8)))]
+                with m.If(count == rlen - 1):
+                    m.next = "TX_CRC0"
+                with m.Elif((rcode == Reply.READ_MEM) & (count[:_log2(P)] == P - 1)):
+                    m.next = "FETCH"
+                with m.Else():
+                    m.next = "TX_PREP"
             with m.State("TX_CRC0"), m.If(send(crc[8:])):
                 m.next = "TX_CRC1"
             with m.State("TX_CRC1"), m.If(send(crc[:8])):
