@@ -48,7 +48,7 @@ class ComputeUnit(wiring.Component):
     Members
     -------
     head_valid, head_pc, head_instr : In
-    head_err : In(ErrorCode) (only when `predecoded`)
+    head_err, head_bad : In(ErrorCode), In(1) (only when `predecoded`)
         `static_error` of the head, computed when the program was written; without
         `predecoded` the unit computes it from `head_instr`.
     head_refuse0 : In(1) (only when `predecoded`)
@@ -84,6 +84,7 @@ class ComputeUnit(wiring.Component):
         members = {"acc_out": Out(acc_row)} if p.acc_in_lanes else {}
         if predecoded:
             members["head_err"] = In(ErrorCode)
+            members["head_bad"] = In(1)
             members["head_refuse0"] = In(1)
         super().__init__({
             **members,
@@ -265,8 +266,10 @@ class ComputeUnit(wiring.Component):
         head_span = self.span(p, head)
         if self.predecoded:
             head_err, head_refuse0 = self.head_err, self.head_refuse0
+            head_bad = self.head_bad
         else:
             head_err = self.static_error(m, p, self.head_instr)
+            head_bad = head_err != ErrorCode.NONE
             head_refuse0 = self.first_group_refused(m, p, self.head_instr)
         tokens_ok = (~head.pop_prev | self.tok_prev) & (~head.pop_next | self.tok_next)
         # The next MATMUL may issue in the final stage-0 cycle of this one: no bubble.
@@ -274,7 +277,7 @@ class ComputeUnit(wiring.Component):
         with m.If((~running | finishing) & self.head_valid):
             with m.If(~tokens_ok):
                 m.d.comb += [self.blocked.eq(1), self.stall_dep.eq(1)]
-            with m.Elif(head_err != ErrorCode.NONE):
+            with m.Elif(head_bad):
                 m.d.comb += [self.error.eq(head_err), self.error_pc.eq(self.head_pc)]
             with m.Else():
                 m.d.comb += [self.take.eq(1), self.pop_prev.eq(head.pop_prev),

@@ -161,7 +161,7 @@ class HostLink(wiring.Component):
             m.next = "DISCARD"
 
         def reply(rc, n):
-            m.d.sync += [rcode.eq(rc), rlen.eq(n)]
+            m.d.sync += [rcode.eq(rc), rlen.eq(n), rlast.eq(n - 1)]
             m.next = "TX_SYNC"
 
         def reply_error(reason):
@@ -172,9 +172,12 @@ class HostLink(wiring.Component):
         start = Signal()
         m.d.sync += start.eq(0)
         m.d.comb += self.start.eq(start)
-        # Checks registered a cycle before the decisions that use them.
+        # Checks and bounds registered a cycle before the decisions and comparisons that use them.
         known_q, len_ok_q, empty_q, crc_ok, busy_q = Signal(), Signal(), Signal(), Signal(), \
             Signal()
+        count_last = Signal(16)     # length - 1: the last payload byte
+        data_bytes = Signal(16)     # length - ADDR_BYTES: the bytes a write commits
+        rlast = Signal(16)          # rlen - 1: the last reply payload byte
 
         # -- frame checks ----------------------------------------------------------------------
         # On registered fields only (LEN in the cycle after its last byte, the header while
@@ -216,7 +219,6 @@ class HostLink(wiring.Component):
         m.d.sync += [range_ok.eq(start_low & (end <= limit)),
                      bad_read_len.eq(is_read & ((read_units == 0) |
                                                 (read_units > max_units_read)))]
-        data_bytes = length - ADDR_BYTES
         unit_end = Mux(is_imem, ptr[:_log2(INSTR_BYTES)] == INSTR_BYTES - 1,
                        ptr[:_log2(P)] == P - 1)
 
@@ -253,7 +255,8 @@ class HostLink(wiring.Component):
             with m.State("LEN_CHECK"):
                 m.d.sync += [units.eq(Mux(is_imem, data_len >> _log2(INSTR_BYTES),
                                           data_len >> _log2(P))),
-                             known_q.eq(known), len_ok_q.eq(len_ok), empty_q.eq(length == 0)]
+                             known_q.eq(known), len_ok_q.eq(len_ok), empty_q.eq(length == 0),
+                             count_last.eq(length - 1), data_bytes.eq(data_len)]
                 m.next = "LEN_DECIDE"
             with m.State("LEN_DECIDE"):
                 with m.If(~known_q):
@@ -271,7 +274,7 @@ class HostLink(wiring.Component):
                         m.d.sync += hdr[8 * i:8 * i + 8].eq(byte)
                 m.d.comb += [buf_w.addr.eq(count - ADDR_BYTES),
                              buf_w.en.eq(count >= ADDR_BYTES)]
-                with m.If(count == length - 1):
+                with m.If(count == count_last):
                     m.next = "CRC0"
             with m.State("CRC0"), m.If(receive()):
                 m.next = "CRC1"
@@ -376,7 +379,7 @@ class HostLink(wiring.Component):
                         m.d.comb += out.eq(Mux(count[0], code, err))
             with m.State("TX_DATA"), m.If(send_crc(out_q)):
                 m.d.sync += [count.eq(count + 1), shreg.eq(Cat(shreg[8:], Const(0, 8)))]
-                with m.If(count == rlen - 1):
+                with m.If(count == rlast):
                     m.next = "TX_CRC0"
                 with m.Elif((rcode == Reply.READ_MEM) & (count[:_log2(P)] == P - 1)):
                     m.next = "FETCH"

@@ -49,7 +49,7 @@ class LoadUnit(wiring.Component):
     -------
     head_valid, head_pc, head_instr : In
         The head of this unit's instruction queue.
-    head_err : In(ErrorCode) (only when `predecoded`)
+    head_err, head_bad : In(ErrorCode), In(1) (only when `predecoded`)
         `static_error` of the head, computed when the program was written.
     take : Out(1)
         The head issues this cycle (pop it from the queue).
@@ -77,7 +77,7 @@ class LoadUnit(wiring.Component):
         self.params = params
         self.predecoded = predecoded
         super().__init__({
-            **({"head_err": In(ErrorCode)} if predecoded else {}),
+            **({"head_err": In(ErrorCode), "head_bad": In(1)} if predecoded else {}),
             "head_valid": In(1), "head_pc": In(PC_BITS), "head_instr": In(INSTR_BITS),
             "take": Out(1), "tok_next": In(1), "pop_next": Out(1), "push_next": Out(1),
             "rd_req": Out(stream.Signature(ADDR_BITS)),
@@ -149,6 +149,7 @@ class LoadUnit(wiring.Component):
         last_row = Signal()     # rows_left == 1
         one_word = Signal()     # length == 1
         refuse = Signal()       # the first word of a row that runs past the end of its buffer
+        final = Signal()        # last_word & last_row & ~refuse: the LOAD's last request
 
         depth_of = {Buffer.WEIGHT: p.wbuf_rows, Buffer.ACT: p.abuf_rows}
         head_depth = Signal.like(depth)
@@ -159,6 +160,7 @@ class LoadUnit(wiring.Component):
         head_nm = self._is_nm(m, p, head)
         shift = NM_WORDS_PER_ROW.bit_length() - 1
         head_err = self.head_err if self.predecoded else self.static_error(m, p, self.head_instr)
+        head_bad = self.head_bad if self.predecoded else head_err != ErrorCode.NONE
 
         finishing = Signal()
         # Errors of the response side belong to an older LOAD and win over the request side.
@@ -181,18 +183,23 @@ class LoadUnit(wiring.Component):
                 m.d.comb += self.stall_port.eq(1)
             with m.Else():
                 with m.If(last_word):
+                    row_refused = row_end + span > depth
                     m.d.sync += [
                         req_addr.eq(req_addr + row_step), word.eq(0), last_word.eq(one_word),
-                        row_end.eq(row_end + span), refuse.eq(row_end + span > depth),
+                        row_end.eq(row_end + span), refuse.eq(row_refused),
                         rows_left.eq(rows_left - 1), last_row.eq(rows_left == 2),
+                        final.eq(one_word & (rows_left == 2) & ~row_refused),
                     ]
                     with m.If(last_row):
                         m.d.sync += busy.eq(0)
-                        m.d.comb += finishing.eq(1)
                 with m.Else():
                     word_next = (word + 1)[:len(word)]
+                    last_next = word_next == length_m1
                     m.d.sync += [req_addr.eq(req_addr + 1), word.eq(word_next),
-                                 last_word.eq(word_next == length_m1), refuse.eq(0)]
+                                 last_word.eq(last_next), refuse.eq(0),
+                                 final.eq(last_next & last_row)]
+        # The same condition as the last request above, from one flag.
+        m.d.comb += finishing.eq(busy & final & self.rd_req.ready)
 
         tokens_ok = ~head.pop_next | self.tok_next
         # The next LOAD may issue in the cycle of this one's last request: no bubble.
@@ -201,13 +208,14 @@ class LoadUnit(wiring.Component):
         with m.If(can_issue):
             with m.If(~tokens_ok):
                 m.d.comb += [self.blocked.eq(1), self.stall_dep.eq(1)]
-            with m.Elif(head_err != ErrorCode.NONE):
+            with m.Elif(head_bad):
                 m.d.comb += [req_error.eq(head_err), req_error_pc.eq(self.head_pc)]
             with m.Elif(~inflight.w_rdy):
                 m.d.comb += self.stall_port.eq(1)
             with m.Else():
                 m.d.comb += [self.take.eq(1), self.pop_next.eq(head.pop_next)]
                 head_span = Mux(head_nm, head.length >> shift, head.length)
+                head_refused = head.sram + head_span > head_depth
                 m.d.sync += [
                     busy.eq(1), pc.eq(self.head_pc), req_addr.eq(head.dram),
                     row_step.eq(head.stride - (head.length - 1)), word.eq(0),
@@ -216,7 +224,8 @@ class LoadUnit(wiring.Component):
                     rows_left.eq(head.rows), last_row.eq(head.rows == 1),
                     depth.eq(head_depth), span.eq(head_span),
                     row_end.eq(head.sram + head_span),
-                    refuse.eq(head.sram + head_span > head_depth),
+                    refuse.eq(head_refused),
+                    final.eq((head.length == 1) & (head.rows == 1) & ~head_refused),
                 ]
                 desc = data.View(desc_lay, inflight.w_data)
                 m.d.comb += [

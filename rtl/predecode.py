@@ -24,7 +24,7 @@ __all__ = ["Predecoder", "pre_layout"]
 
 #: What the program memory stores beside each instruction.
 pre_layout = data.StructLayout({"unit": Unit, "disp_err": ErrorCode, "unit_err": ErrorCode,
-                                "refuse0": 1})
+                                "refuse0": 1, "go": len(Unit), "bad": 1})
 
 _CHECKS = {Unit.LOAD: LoadUnit, Unit.COMPUTE: ComputeUnit, Unit.STORE: StoreUnit}
 
@@ -39,7 +39,9 @@ class Predecoder(wiring.Component):
         `unit`: where the instruction goes (`rtl.isa.UNIT_OF`). `disp_err`: ILLEGAL_OPCODE,
         BAD_DEPENDENCY (a pop or push towards a unit that does not exist) or NONE. `unit_err`:
         the unit's static error, or NONE. `refuse0`: a MATMUL's first token group reads
-        past the activation buffer.
+        past the activation buffer. `go`: one-hot by `Unit`, the instruction goes to that unit
+        (no dispatcher error). `bad`: `unit_err` is not NONE. These two flags let the issue
+        decisions test single bits.
     """
 
     def __init__(self, params: ArrayParams):
@@ -73,6 +75,9 @@ class Predecoder(wiring.Component):
             for u, err in errs.items():
                 with m.Case(u):
                     m.d.comb += self.pre.unit_err.eq(err)
+        with m.If(self.pre.disp_err == ErrorCode.NONE):
+            m.d.comb += self.pre.go.bit_select(unit, 1).eq(1)
+        m.d.comb += self.pre.bad.eq(self.pre.unit_err != ErrorCode.NONE)
         m.d.comb += self.pre.refuse0.eq(
             (unit == Unit.COMPUTE) & ComputeUnit.first_group_refused(m, self.params, self.instr))
         return m

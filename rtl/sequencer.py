@@ -43,6 +43,8 @@ class Dispatcher(wiring.Component):
         The decoded instruction word and its address.
     unit_err : Out(ErrorCode)
         The decoded instruction's static error in its unit (`rtl.predecode`), for the unit.
+    unit_bad : Out(1)
+        `unit_err` is not NONE (predecoded, a single bit for the unit's issue decision).
     refuse0 : Out(1)
         Predecoded: a MATMUL's first token group is out of range (`rtl.predecode`).
     halted : Out(1)
@@ -63,27 +65,40 @@ class Dispatcher(wiring.Component):
             "dispatch": Out(len(Unit)), "offer": Out(len(Unit)), "full": In(3),
             "drained": In(1),
             "instr": Out(INSTR_BITS), "pc": Out(PC_BITS), "unit_err": Out(ErrorCode),
-            "refuse0": Out(1),
+            "unit_bad": Out(1), "refuse0": Out(1),
             "halted": Out(1), "stall": Out(1), "error": Out(ErrorCode),
         })
 
     def elaborate(self, platform):
         m = Module()
         p = self.params
-        # Each word: the instruction and its predecoded unit and static errors. A word never
-        # written holds opcode 0, so it reads as an illegal opcode, as the ISA promises.
+        # Beside each instruction, in a memory of its own, its predecoded unit and static
+        # errors. A word never written holds opcode 0 and reads as an illegal opcode, as the
+        # ISA promises.
         erased = pre_layout.const({"disp_err": ErrorCode.ILLEGAL_OPCODE}).as_value().value
-        m.submodules.imem = imem = Memory(shape=INSTR_BITS + pre_layout.size,
-                                          depth=p.imem_depth,
-                                          init=[erased << INSTR_BITS] * p.imem_depth)
+        m.submodules.imem = imem = Memory(shape=INSTR_BITS, depth=p.imem_depth, init=[])
+        m.submodules.pmem = pmem = Memory(shape=pre_layout.size, depth=p.imem_depth,
+                                          init=[erased] * p.imem_depth)
         m.submodules.predecoder = predecoder = Predecoder(p)
-        wp = imem.write_port()
-        advance = Signal()
-        # The read port holds its data while not enabled, so a stalled instruction stays put.
-        rp, rdata = read_port(m, imem, en=self.start | advance)
+        # A host write stores the instruction at once and its predecode a cycle later, from a
+        # register: the predecoder's carry chains lie between registers, not in front of the
+        # memory. The predecode port reads through that write, so a run may start in the cycle
+        # after the last write.
+        wp, wp_pre = imem.write_port(), pmem.write_port()
+        pre_we = Signal()
+        pre_addr = Signal.like(self.imem_addr)
+        pre_q = Signal(pre_layout.size)
+        m.d.sync += [pre_we.eq(self.imem_we), pre_addr.eq(self.imem_addr),
+                     pre_q.eq(predecoder.pre)]
         m.d.comb += [wp.en.eq(self.imem_we), wp.addr.eq(self.imem_addr),
-                     predecoder.instr.eq(self.imem_data),
-                     wp.data.eq(Cat(self.imem_data, predecoder.pre))]
+                     wp.data.eq(self.imem_data), predecoder.instr.eq(self.imem_data),
+                     wp_pre.en.eq(pre_we), wp_pre.addr.eq(pre_addr), wp_pre.data.eq(pre_q)]
+        advance = Signal()
+        # The read ports hold their data while not enabled, so a stalled instruction stays put.
+        rp, rdata_instr = read_port(m, imem, en=self.start | advance)
+        rp_pre = pmem.read_port(transparent_for=(wp_pre,))
+        m.d.comb += [rp_pre.en.eq(self.start | advance), rp_pre.addr.eq(rp.addr)]
+        rdata = Cat(rdata_instr, rp_pre.data)
 
         # pc + 1 and "pc is the last address" are registers, so that `advance` (the units'
         # issue decisions) only selects the next read address.
@@ -94,7 +109,8 @@ class Dispatcher(wiring.Component):
         pre = data.View(pre_layout, rdata[INSTR_BITS:])
         unit = pre.unit
         m.d.comb += [self.instr.eq(rdata[:INSTR_BITS]), self.pc.eq(pc),
-                     self.unit_err.eq(pre.unit_err), self.refuse0.eq(pre.refuse0)]
+                     self.unit_err.eq(pre.unit_err), self.unit_bad.eq(pre.bad),
+                     self.refuse0.eq(pre.refuse0)]
         # The port reads only when it advances (or starts): its address need not wait for the
         # issue decisions behind `advance`.
         m.d.comb += rp.addr.eq(pc_next)
@@ -105,21 +121,26 @@ class Dispatcher(wiring.Component):
             m.d.sync += [pc.eq(pc_next), pc_next.eq(pc_next + 1),
                          last.eq(pc_next == p.imem_depth - 1)]
 
+        # One bit per decision: `go` is the predecoded "no dispatcher error, to this unit".
+        go = pre.go
         with m.If(self.run):
             with m.If(pre.disp_err != ErrorCode.NONE):
                 m.d.comb += self.error.eq(pre.disp_err)
-            with m.Elif(unit == Unit.DISPATCH):
+            with m.Elif(go[Unit.DISPATCH]):
                 m.d.comb += self.halted.eq(self.drained)
             # Fetching past the last address would wrap: a program must end in HALT. With queues
             # a full one stalls first; with none the unit would see the instruction now, so the
             # last address is refused before it is offered.
             with m.Elif(last if p.queue_depth == 0 else last & ~self.full.bit_select(unit, 1)):
                 m.d.comb += self.error.eq(ErrorCode.NO_HALT)
-            with m.Else():
-                if p.queue_depth == 0:
-                    m.d.comb += self.offer.bit_select(unit, 1).eq(1)
-                with m.If(self.full.bit_select(unit, 1)):
+        for u in (Unit.LOAD, Unit.COMPUTE, Unit.STORE):
+            # (With queues, a full queue stalls even the instruction at the last address.)
+            here = self.run & go[u] & (~last if p.queue_depth == 0 else ~last | self.full[u])
+            if p.queue_depth == 0:
+                m.d.comb += self.offer[u].eq(here)
+            with m.If(here):
+                with m.If(self.full[u]):
                     m.d.comb += self.stall.eq(1)
                 with m.Else():
-                    m.d.comb += [advance.eq(1), self.dispatch.bit_select(unit, 1).eq(1)]
+                    m.d.comb += [advance.eq(1), self.dispatch[u].eq(1)]
         return m

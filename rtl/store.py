@@ -40,7 +40,7 @@ class StoreUnit(wiring.Component):
     Members
     -------
     head_valid, head_pc, head_instr : In
-    head_err : In(ErrorCode) (only when `predecoded`)
+    head_err, head_bad : In(ErrorCode), In(1) (only when `predecoded`)
         `static_error` of the head, computed when the program was written.
     take : Out(1)
     tok_prev : In(1)
@@ -56,7 +56,7 @@ class StoreUnit(wiring.Component):
         self.predecoded = predecoded
         p = params
         super().__init__({
-            **({"head_err": In(ErrorCode)} if predecoded else {}),
+            **({"head_err": In(ErrorCode), "head_bad": In(1)} if predecoded else {}),
             "head_valid": In(1), "head_pc": In(PC_BITS), "head_instr": In(INSTR_BITS),
             "take": Out(1), "tok_prev": In(1), "pop_prev": Out(1), "push_prev": Out(1),
             "c_raddr": Out(range(p.acc_groups)), "c_rdata": In(p.lanes * p.acc_bits),
@@ -102,6 +102,7 @@ class StoreUnit(wiring.Component):
         last_token = Signal()   # tokens_left == 1
 
         head_err = self.head_err if self.predecoded else self.static_error(m, p, self.head_instr)
+        head_bad = self.head_bad if self.predecoded else head_err != ErrorCode.NONE
         m.d.comb += self.c_raddr.eq(acc_g)
         finishing = Signal()
         # The result words of every token lane, each the int32 images of port_bytes/4 rows.
@@ -146,7 +147,7 @@ class StoreUnit(wiring.Component):
             m.d.comb += self.c_raddr.eq(head.acc)
             with m.If(head.pop_prev & ~self.tok_prev):
                 m.d.comb += [self.blocked.eq(1), self.stall_dep.eq(1)]
-            with m.Elif(head_err != ErrorCode.NONE):
+            with m.Elif(head_bad):
                 m.d.comb += [self.error.eq(head_err), self.error_pc.eq(self.head_pc)]
             with m.Else():
                 m.d.comb += [self.take.eq(1), self.pop_prev.eq(head.pop_prev)]

@@ -38,7 +38,7 @@ __all__ = ["Accelerator", "main", "write_component", "write_verilog"]
 #: What a unit's instruction queue holds per instruction (and, with no queues, what the
 #: dispatcher offers): the word, its address, and its predecoded checks.
 entry_layout = data.StructLayout({"instr": INSTR_BITS, "pc": PC_BITS, "err": ErrorCode,
-                                  "refuse0": 1})
+                                  "bad": 1, "refuse0": 1})
 
 
 
@@ -130,7 +130,8 @@ class Accelerator(wiring.Component):
         # With queue_depth 0 a unit takes its instruction straight from the dispatcher, which
         # holds it until then; `heads` is whether each unit has an instruction to look at.
         # An entry: the instruction with its address and predecoded checks (`rtl.predecode`).
-        entry = data.View(entry_layout, Cat(disp.instr, disp.pc, disp.unit_err, disp.refuse0))
+        entry = data.View(entry_layout, Cat(disp.instr, disp.pc, disp.unit_err, disp.unit_bad,
+                                            disp.refuse0))
         full = []
         heads = {}
         for u, un in units.items():
@@ -145,7 +146,8 @@ class Accelerator(wiring.Component):
                 head, heads[u] = data.View(entry_layout, q.r_data), q.r_rdy
                 full.append(~q.w_rdy)
             m.d.comb += [un.head_valid.eq(heads[u]), un.head_instr.eq(head.instr),
-                         un.head_pc.eq(head.pc), un.head_err.eq(head.err)]
+                         un.head_pc.eq(head.pc), un.head_err.eq(head.err),
+                         un.head_bad.eq(head.bad)]
             if u == Unit.COMPUTE:
                 m.d.comb += un.head_refuse0.eq(head.refuse0)
         m.d.comb += disp.full.eq(Cat(*full))
