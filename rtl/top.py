@@ -245,9 +245,14 @@ class Accelerator(wiring.Component):
             (disp.stall | halt_waiting)
 
         # A deadlock persists (nothing can move), so it is reported from a register: one cycle
-        # after the cycle that shows it.
+        # after the cycle that shows it. A token overflow is reported the same way, a cycle
+        # after the push: the push and the pop beside it come from the units' retire and issue
+        # decisions, which are as deep as a cycle allows.
         deadlock_q = Signal()
-        m.d.sync += deadlock_q.eq(deadlock)
+        overflow_q = Signal()
+        overflow_pc_q = Signal(PC_BITS)
+        m.d.sync += [deadlock_q.eq(deadlock), overflow_q.eq(overflow),
+                     overflow_pc_q.eq(overflow_pc)]
 
         # Status stops on any error source at once. The code and pc of the first by priority
         # are chosen one cycle later, from registered copies of every source: `error` and
@@ -255,7 +260,7 @@ class Accelerator(wiring.Component):
         sources = [  # by priority: (error, its pc)
             (load.error, load.error_pc), (comp.error, comp.error_pc),
             (store.error, store.error_pc),
-            (Mux(overflow, ErrorCode.TOKEN_OVERFLOW, ErrorCode.NONE), overflow_pc),
+            (Mux(overflow_q, ErrorCode.TOKEN_OVERFLOW, ErrorCode.NONE), overflow_pc_q),
             (disp.error, disp.pc),
             (Mux(deadlock_q, ErrorCode.DEADLOCK, ErrorCode.NONE), disp.pc),
         ]

@@ -555,7 +555,8 @@ class _Run:
                         pusher[link] = pc
             for link in ("l2c", "c2l", "c2s", "s2c"):
                 if pushed[link] and not self.pops[link] and self.tokens[link] == p.token_depth:
-                    self._error(c, _PRIO_OVERFLOW, ErrorCode.TOKEN_OVERFLOW, pusher[link])
+                    # Reported a cycle after the push, as the RTL registers it.
+                    self._error(c + 1, _PRIO_OVERFLOW, ErrorCode.TOKEN_OVERFLOW, pusher[link])
                 else:
                     self.tokens[link] += pushed[link] - self.pops[link]
             self.inflight = [(s, r) for s, r in self.inflight if r > c]
