@@ -49,7 +49,9 @@ class LoadUnit(wiring.Component):
     -------
     head_valid, head_pc, head_instr : In
         The head of this unit's instruction queue.
-    head_err, head_bad : In(ErrorCode), In(1) (only when `predecoded`)
+    head_err, head_bad, head_refuse0, head_single : In (only when `predecoded`)
+        `static_error` of the head and whether it is not NONE, `first_row_refused` and
+        `single_request`, computed when the program was written.
         `static_error` of the head, computed when the program was written.
     take : Out(1)
         The head issues this cycle (pop it from the queue).
@@ -77,7 +79,8 @@ class LoadUnit(wiring.Component):
         self.params = params
         self.predecoded = predecoded
         super().__init__({
-            **({"head_err": In(ErrorCode), "head_bad": In(1)} if predecoded else {}),
+            **({"head_err": In(ErrorCode), "head_bad": In(1), "head_refuse0": In(1),
+                "head_single": In(1)} if predecoded else {}),
             "head_valid": In(1), "head_pc": In(PC_BITS), "head_instr": In(INSTR_BITS),
             "take": Out(1), "tok_next": In(1), "pop_next": Out(1), "push_next": Out(1),
             "rd_req": Out(stream.Signature(ADDR_BITS)),
@@ -124,6 +127,32 @@ class LoadUnit(wiring.Component):
             m.d.comb += err.eq(ErrorCode.BAD_FIELD)
         return err
 
+    @classmethod
+    def first_row_refused(cls, m, p: ArrayParams, instr) -> Signal:
+        """LOAD `instr`'s first row runs past the end of its buffer (BAD_ADDRESS in its first
+        request cycle; done when the program is written, `rtl.predecode`)."""
+        head = data.View(instr_layout(Opcode.LOAD), instr)
+        depth = Signal(range(max(p.wbuf_rows, p.abuf_rows) + 1))
+        with m.Switch(head.buffer):
+            for buf, d in {Buffer.WEIGHT: p.wbuf_rows, Buffer.ACT: p.abuf_rows}.items():
+                with m.Case(buf):
+                    m.d.comb += depth.eq(d)
+        refused = Signal()
+        m.d.comb += refused.eq(head.sram + cls._row_span(m, p, head) > depth)
+        return refused
+
+    @staticmethod
+    def single_request(instr):
+        """LOAD `instr` is one request: one row of one word."""
+        head = data.View(instr_layout(Opcode.LOAD), instr)
+        return (head.length == 1) & (head.rows == 1)
+
+    @classmethod
+    def _row_span(cls, m, p: ArrayParams, head):
+        """Buffer rows one LOAD row fills: N:M slots take two words per row."""
+        shift = NM_WORDS_PER_ROW.bit_length() - 1
+        return Mux(cls._is_nm(m, p, head), head.length >> shift, head.length)
+
     def elaborate(self, platform):
         m = Module()
         p = self.params
@@ -149,7 +178,7 @@ class LoadUnit(wiring.Component):
         last_row = Signal()     # rows_left == 1
         one_word = Signal()     # length == 1
         refuse = Signal()       # the first word of a row that runs past the end of its buffer
-        final = Signal()        # last_word & last_row & ~refuse: the LOAD's last request
+        final = Signal()        # last_word & last_row: the LOAD's last request, unless refused
 
         depth_of = {Buffer.WEIGHT: p.wbuf_rows, Buffer.ACT: p.abuf_rows}
         head_depth = Signal.like(depth)
@@ -157,10 +186,15 @@ class LoadUnit(wiring.Component):
             for buf, d in depth_of.items():
                 with m.Case(buf):
                     m.d.comb += head_depth.eq(d)
-        head_nm = self._is_nm(m, p, head)
         shift = NM_WORDS_PER_ROW.bit_length() - 1
         head_err = self.head_err if self.predecoded else self.static_error(m, p, self.head_instr)
-        head_bad = self.head_bad if self.predecoded else head_err != ErrorCode.NONE
+        if self.predecoded:
+            head_bad, head_refused = self.head_bad, self.head_refuse0
+            head_single = self.head_single
+        else:
+            head_bad = head_err != ErrorCode.NONE
+            head_refused = self.first_row_refused(m, p, self.head_instr)
+            head_single = self.single_request(self.head_instr)
 
         finishing = Signal()
         # Errors of the response side belong to an older LOAD and win over the request side.
@@ -183,12 +217,11 @@ class LoadUnit(wiring.Component):
                 m.d.comb += self.stall_port.eq(1)
             with m.Else():
                 with m.If(last_word):
-                    row_refused = row_end + span > depth
                     m.d.sync += [
                         req_addr.eq(req_addr + row_step), word.eq(0), last_word.eq(one_word),
-                        row_end.eq(row_end + span), refuse.eq(row_refused),
+                        row_end.eq(row_end + span), refuse.eq(row_end + span > depth),
                         rows_left.eq(rows_left - 1), last_row.eq(rows_left == 2),
-                        final.eq(one_word & (rows_left == 2) & ~row_refused),
+                        final.eq(one_word & (rows_left == 2)),
                     ]
                     with m.If(last_row):
                         m.d.sync += busy.eq(0)
@@ -199,7 +232,7 @@ class LoadUnit(wiring.Component):
                                  last_word.eq(last_next), refuse.eq(0),
                                  final.eq(last_next & last_row)]
         # The same condition as the last request above, from one flag.
-        m.d.comb += finishing.eq(busy & final & self.rd_req.ready)
+        m.d.comb += finishing.eq(busy & final & ~refuse & self.rd_req.ready)
 
         tokens_ok = ~head.pop_next | self.tok_next
         # The next LOAD may issue in the cycle of this one's last request: no bubble.
@@ -214,8 +247,7 @@ class LoadUnit(wiring.Component):
                 m.d.comb += self.stall_port.eq(1)
             with m.Else():
                 m.d.comb += [self.take.eq(1), self.pop_next.eq(head.pop_next)]
-                head_span = Mux(head_nm, head.length >> shift, head.length)
-                head_refused = head.sram + head_span > head_depth
+                head_span = self._row_span(m, p, head)
                 m.d.sync += [
                     busy.eq(1), pc.eq(self.head_pc), req_addr.eq(head.dram),
                     row_step.eq(head.stride - (head.length - 1)), word.eq(0),
@@ -225,7 +257,7 @@ class LoadUnit(wiring.Component):
                     depth.eq(head_depth), span.eq(head_span),
                     row_end.eq(head.sram + head_span),
                     refuse.eq(head_refused),
-                    final.eq((head.length == 1) & (head.rows == 1) & ~head_refused),
+                    final.eq(head_single),
                 ]
                 desc = data.View(desc_lay, inflight.w_data)
                 m.d.comb += [

@@ -23,8 +23,8 @@ from .store import StoreUnit
 __all__ = ["Predecoder", "pre_layout"]
 
 #: What the program memory stores beside each instruction.
-pre_layout = data.StructLayout({"unit": Unit, "disp_err": ErrorCode, "unit_err": ErrorCode,
-                                "refuse0": 1, "go": len(Unit), "bad": 1})
+pre_layout = data.StructLayout({"disp_err": ErrorCode, "unit_err": ErrorCode, "refuse0": 1,
+                                "single": 1, "go": len(Unit), "bad": 1})
 
 _CHECKS = {Unit.LOAD: LoadUnit, Unit.COMPUTE: ComputeUnit, Unit.STORE: StoreUnit}
 
@@ -36,12 +36,13 @@ class Predecoder(wiring.Component):
     -------
     instr : In(INSTR_BITS)
     pre : Out(pre_layout)
-        `unit`: where the instruction goes (`rtl.isa.UNIT_OF`). `disp_err`: ILLEGAL_OPCODE,
+        `disp_err`: ILLEGAL_OPCODE,
         BAD_DEPENDENCY (a pop or push towards a unit that does not exist) or NONE. `unit_err`:
-        the unit's static error, or NONE. `refuse0`: a MATMUL's first token group reads
-        past the activation buffer. `go`: one-hot by `Unit`, the instruction goes to that unit
-        (no dispatcher error). `bad`: `unit_err` is not NONE. These two flags let the issue
-        decisions test single bits.
+        the unit's static error, or NONE. `refuse0`: a MATMUL's first token group, or a
+        LOAD's first row, runs past its buffer. `single`: a LOAD of one request (one row of one
+        word). `go`: one-hot by `Unit`, the instruction goes to that unit (no dispatcher
+        error). `bad`: `unit_err` is not NONE. The flags let the issue decisions test single
+        bits.
     """
 
     def __init__(self, params: ArrayParams):
@@ -52,7 +53,7 @@ class Predecoder(wiring.Component):
         m = Module()
         head = data.View(header_layout(), self.instr)
         legal = Signal()
-        unit = self.pre.unit
+        unit = Signal(Unit)
         with m.Switch(head.opcode):
             for op in Opcode:
                 with m.Case(op):
@@ -78,6 +79,11 @@ class Predecoder(wiring.Component):
         with m.If(self.pre.disp_err == ErrorCode.NONE):
             m.d.comb += self.pre.go.bit_select(unit, 1).eq(1)
         m.d.comb += self.pre.bad.eq(self.pre.unit_err != ErrorCode.NONE)
-        m.d.comb += self.pre.refuse0.eq(
-            (unit == Unit.COMPUTE) & ComputeUnit.first_group_refused(m, self.params, self.instr))
+        p = self.params
+        m.d.comb += [
+            self.pre.refuse0.eq(
+                ((unit == Unit.COMPUTE) & ComputeUnit.first_group_refused(m, p, self.instr)) |
+                ((unit == Unit.LOAD) & LoadUnit.first_row_refused(m, p, self.instr))),
+            self.pre.single.eq((unit == Unit.LOAD) & LoadUnit.single_request(self.instr)),
+        ]
         return m

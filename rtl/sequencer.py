@@ -45,8 +45,9 @@ class Dispatcher(wiring.Component):
         The decoded instruction's static error in its unit (`rtl.predecode`), for the unit.
     unit_bad : Out(1)
         `unit_err` is not NONE (predecoded, a single bit for the unit's issue decision).
-    refuse0 : Out(1)
-        Predecoded: a MATMUL's first token group is out of range (`rtl.predecode`).
+    refuse0, single : Out(1)
+        Predecoded (`rtl.predecode`): a MATMUL's first token group or a LOAD's first row is
+        out of range; a LOAD is a single request.
     halted : Out(1)
         A HALT retires this cycle.
     stall : Out(1)
@@ -65,7 +66,7 @@ class Dispatcher(wiring.Component):
             "dispatch": Out(len(Unit)), "offer": Out(len(Unit)), "full": In(3),
             "drained": In(1),
             "instr": Out(INSTR_BITS), "pc": Out(PC_BITS), "unit_err": Out(ErrorCode),
-            "unit_bad": Out(1), "refuse0": Out(1),
+            "unit_bad": Out(1), "refuse0": Out(1), "single": Out(1),
             "halted": Out(1), "stall": Out(1), "error": Out(ErrorCode),
         })
 
@@ -107,10 +108,9 @@ class Dispatcher(wiring.Component):
         pc_next = Signal(PC_BITS, init=1)
         last = Signal(init=p.imem_depth == 1)
         pre = data.View(pre_layout, rdata[INSTR_BITS:])
-        unit = pre.unit
         m.d.comb += [self.instr.eq(rdata[:INSTR_BITS]), self.pc.eq(pc),
                      self.unit_err.eq(pre.unit_err), self.unit_bad.eq(pre.bad),
-                     self.refuse0.eq(pre.refuse0)]
+                     self.refuse0.eq(pre.refuse0), self.single.eq(pre.single)]
         # The port reads only when it advances (or starts): its address need not wait for the
         # issue decisions behind `advance`.
         m.d.comb += rp.addr.eq(pc_next)
@@ -131,7 +131,8 @@ class Dispatcher(wiring.Component):
             # Fetching past the last address would wrap: a program must end in HALT. With queues
             # a full one stalls first; with none the unit would see the instruction now, so the
             # last address is refused before it is offered.
-            with m.Elif(last if p.queue_depth == 0 else last & ~self.full.bit_select(unit, 1)):
+            with m.Elif(last if p.queue_depth == 0 else
+                        last & ~(Signal.cast(go)[:3] & self.full).any()):
                 m.d.comb += self.error.eq(ErrorCode.NO_HALT)
         for u in (Unit.LOAD, Unit.COMPUTE, Unit.STORE):
             # (With queues, a full queue stalls even the instruction at the last address.)

@@ -38,7 +38,7 @@ __all__ = ["Accelerator", "main", "write_component", "write_verilog"]
 #: What a unit's instruction queue holds per instruction (and, with no queues, what the
 #: dispatcher offers): the word, its address, and its predecoded checks.
 entry_layout = data.StructLayout({"instr": INSTR_BITS, "pc": PC_BITS, "err": ErrorCode,
-                                  "bad": 1, "refuse0": 1})
+                                  "bad": 1, "refuse0": 1, "single": 1})
 
 
 
@@ -131,7 +131,7 @@ class Accelerator(wiring.Component):
         # holds it until then; `heads` is whether each unit has an instruction to look at.
         # An entry: the instruction with its address and predecoded checks (`rtl.predecode`).
         entry = data.View(entry_layout, Cat(disp.instr, disp.pc, disp.unit_err, disp.unit_bad,
-                                            disp.refuse0))
+                                            disp.refuse0, disp.single))
         full = []
         heads = {}
         for u, un in units.items():
@@ -148,8 +148,10 @@ class Accelerator(wiring.Component):
             m.d.comb += [un.head_valid.eq(heads[u]), un.head_instr.eq(head.instr),
                          un.head_pc.eq(head.pc), un.head_err.eq(head.err),
                          un.head_bad.eq(head.bad)]
-            if u == Unit.COMPUTE:
+            if u in (Unit.LOAD, Unit.COMPUTE):
                 m.d.comb += un.head_refuse0.eq(head.refuse0)
+            if u == Unit.LOAD:
+                m.d.comb += un.head_single.eq(head.single)
         m.d.comb += disp.full.eq(Cat(*full))
 
         # -- buffers ---------------------------------------------------------------------------
