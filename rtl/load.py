@@ -52,7 +52,6 @@ class LoadUnit(wiring.Component):
     head_err, head_bad, head_refuse0, head_single : In (only when `predecoded`)
         `static_error` of the head and whether it is not NONE, `first_row_refused` and
         `single_request`, computed when the program was written.
-        `static_error` of the head, computed when the program was written.
     take : Out(1)
         The head issues this cycle (pop it from the queue).
     tok_next : In(1)
@@ -132,14 +131,19 @@ class LoadUnit(wiring.Component):
         """LOAD `instr`'s first row runs past the end of its buffer (BAD_ADDRESS in its first
         request cycle; done when the program is written, `rtl.predecode`)."""
         head = data.View(instr_layout(Opcode.LOAD), instr)
+        refused = Signal()
+        m.d.comb += refused.eq(head.sram + cls._row_span(m, p, head) > cls._depth(m, p, head))
+        return refused
+
+    @staticmethod
+    def _depth(m, p: ArrayParams, head) -> Signal:
+        """Rows of the buffer LOAD `head` writes."""
         depth = Signal(range(max(p.wbuf_rows, p.abuf_rows) + 1))
         with m.Switch(head.buffer):
             for buf, d in {Buffer.WEIGHT: p.wbuf_rows, Buffer.ACT: p.abuf_rows}.items():
                 with m.Case(buf):
                     m.d.comb += depth.eq(d)
-        refused = Signal()
-        m.d.comb += refused.eq(head.sram + cls._row_span(m, p, head) > depth)
-        return refused
+        return depth
 
     @staticmethod
     def single_request(instr):
@@ -173,19 +177,14 @@ class LoadUnit(wiring.Component):
         rows_left = Signal.like(head.rows)
         span = Signal.like(head.length)     # buffer rows one LOAD row fills
         row_end = Signal(max(len(head.sram), len(head.length)) + 2)    # sram row + span
-        depth = Signal(range(max(p.wbuf_rows, p.abuf_rows) + 1))
         last_word = Signal()    # word == length - 1
         last_row = Signal()     # rows_left == 1
         one_word = Signal()     # length == 1
         refuse = Signal()       # the first word of a row that runs past the end of its buffer
         final = Signal()        # last_word & last_row: the LOAD's last request, unless refused
 
-        depth_of = {Buffer.WEIGHT: p.wbuf_rows, Buffer.ACT: p.abuf_rows}
-        head_depth = Signal.like(depth)
-        with m.Switch(head.buffer):
-            for buf, d in depth_of.items():
-                with m.Case(buf):
-                    m.d.comb += head_depth.eq(d)
+        head_depth = self._depth(m, p, head)
+        depth = Signal.like(head_depth)     # of the LOAD being requested
         shift = NM_WORDS_PER_ROW.bit_length() - 1
         head_err = self.head_err if self.predecoded else self.static_error(m, p, self.head_instr)
         if self.predecoded:
@@ -217,11 +216,12 @@ class LoadUnit(wiring.Component):
                 m.d.comb += self.stall_port.eq(1)
             with m.Else():
                 with m.If(last_word):
+                    next_last_row = rows_left == 2
                     m.d.sync += [
                         req_addr.eq(req_addr + row_step), word.eq(0), last_word.eq(one_word),
                         row_end.eq(row_end + span), refuse.eq(row_end + span > depth),
-                        rows_left.eq(rows_left - 1), last_row.eq(rows_left == 2),
-                        final.eq(one_word & (rows_left == 2)),
+                        rows_left.eq(rows_left - 1), last_row.eq(next_last_row),
+                        final.eq(one_word & next_last_row),
                     ]
                     with m.If(last_row):
                         m.d.sync += busy.eq(0)

@@ -1,13 +1,16 @@
 """Predecode: what an instruction alone decides, worked out once when the program is written.
 
-The program memory holds, beside each instruction word, the unit it goes to and the errors it
-raises whatever the state: an illegal opcode or dependency flag (the dispatcher's), and the
-BAD_FIELD / BAD_ADDRESS checks of its unit (`LoadUnit.static_error`, `ComputeUnit.static_error`,
-`StoreUnit.static_error`). The host writes the program between runs, so these carry chains and
-comparators sit on the write path, not between the program memory and the units' issue
-decisions. Nothing about timing changes: each error is raised in the same cycle as before.
-That includes one check that falls a cycle after issue: a MATMUL whose first token group reads
-past the activation buffer (`ComputeUnit.first_group_refused`), refused in its first step.
+A memory beside the program memory holds, for each instruction word, the unit it goes to (as
+one-hot `go` bits) and the errors it raises whatever the state: an illegal opcode or dependency
+flag (the dispatcher's), and the BAD_FIELD / BAD_ADDRESS checks of its unit
+(`LoadUnit.static_error`, `ComputeUnit.static_error`, `StoreUnit.static_error`). The host
+writes the program between runs, so these carry chains and comparators sit on the write path,
+not between the program memory and the units' issue decisions. Nothing about timing changes:
+each error is raised in the same cycle as before. That includes checks that fall after issue: a
+MATMUL whose first token group reads past the activation buffer
+(`ComputeUnit.first_group_refused`), refused in its first step, and a LOAD whose first row runs
+past its buffer (`LoadUnit.first_row_refused`), refused in its first request cycle. The
+predecode is written a cycle after its instruction (`rtl.sequencer`).
 """
 
 from amaranth.hdl import Module, Signal

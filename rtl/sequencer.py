@@ -1,6 +1,6 @@
 """The dispatcher: fetch from program memory, decode the header, hand out to the unit queues."""
 
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Module, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -73,9 +73,8 @@ class Dispatcher(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = self.params
-        # Beside each instruction, in a memory of its own, its predecoded unit and static
-        # errors. A word never written holds opcode 0 and reads as an illegal opcode, as the
-        # ISA promises.
+        # Beside each instruction, in a memory of its own, its predecode (`rtl.predecode`). A
+        # word never written reads as an illegal opcode, as the ISA promises.
         erased = pre_layout.const({"disp_err": ErrorCode.ILLEGAL_OPCODE}).as_value().value
         m.submodules.imem = imem = Memory(shape=INSTR_BITS, depth=p.imem_depth, init=[])
         m.submodules.pmem = pmem = Memory(shape=pre_layout.size, depth=p.imem_depth,
@@ -96,10 +95,9 @@ class Dispatcher(wiring.Component):
                      wp_pre.en.eq(pre_we), wp_pre.addr.eq(pre_addr), wp_pre.data.eq(pre_q)]
         advance = Signal()
         # The read ports hold their data while not enabled, so a stalled instruction stays put.
-        rp, rdata_instr = read_port(m, imem, en=self.start | advance)
+        rp, instr = read_port(m, imem, en=self.start | advance)
         rp_pre = pmem.read_port(transparent_for=(wp_pre,))
         m.d.comb += [rp_pre.en.eq(self.start | advance), rp_pre.addr.eq(rp.addr)]
-        rdata = Cat(rdata_instr, rp_pre.data)
 
         # pc + 1 and "pc is the last address" are registers, so that `advance` (the units'
         # issue decisions) only selects the next read address.
@@ -107,8 +105,8 @@ class Dispatcher(wiring.Component):
         # (Their initial values are what `start`, which also resets this module, sets.)
         pc_next = Signal(PC_BITS, init=1)
         last = Signal(init=p.imem_depth == 1)
-        pre = data.View(pre_layout, rdata[INSTR_BITS:])
-        m.d.comb += [self.instr.eq(rdata[:INSTR_BITS]), self.pc.eq(pc),
+        pre = data.View(pre_layout, rp_pre.data)
+        m.d.comb += [self.instr.eq(instr), self.pc.eq(pc),
                      self.unit_err.eq(pre.unit_err), self.unit_bad.eq(pre.bad),
                      self.refuse0.eq(pre.refuse0), self.single.eq(pre.single)]
         # The port reads only when it advances (or starts): its address need not wait for the

@@ -299,6 +299,9 @@ def error_cases(params: ArrayParams) -> list:
          ErrorCode.BAD_FIELD, 0)
     case("load-past-buffer", [Load(buffer=Buffer.ACT, sram=p.abuf_rows - 2, rows=3, length=1),
                               Halt()], ErrorCode.BAD_ADDRESS, 0)
+    case("load-first-row-past-buffer",
+         [Load(buffer=Buffer.ACT, sram=p.abuf_rows - 1, rows=2, length=2), Halt()],
+         ErrorCode.BAD_ADDRESS, 0)
     case("load-second-row-past-buffer",
          [Load(buffer=Buffer.WEIGHT, sram=p.wbuf_rows - 3, rows=2, length=2), Halt()],
          ErrorCode.BAD_ADDRESS, 0)
