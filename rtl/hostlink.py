@@ -65,7 +65,8 @@ class HostLink(wiring.Component):
     tx : Out(stream.Signature(8))
         Bytes to the UART transmitter.
     mem_addr, mem_wdata, mem_we, mem_re : Out
-        One access to the memory per strobe; `mem_rdata` holds a read's word the cycle after.
+        One access to the memory per strobe; `mem_rdata` holds a read's word `read_latency`
+        cycles after.
     mem_rdata : In(port_bits)
     imem_we, imem_addr, imem_data, start : Out
         The accelerator's program port and start pulse.
@@ -73,8 +74,10 @@ class HostLink(wiring.Component):
         The accelerator's state, reported by STATUS.
     """
 
-    def __init__(self, chip: ChipParams):
+    def __init__(self, chip: ChipParams, read_latency: int):
+        assert read_latency >= 1
         self.chip = chip
+        self.read_latency = read_latency
         a = chip.array
         super().__init__({
             "rx": In(stream.Signature(rx_layout)),
@@ -353,8 +356,11 @@ class HostLink(wiring.Component):
             with m.State("FETCH"):
                 m.d.comb += self.mem_re.eq(1)
                 m.d.sync += addr.eq(addr + 1)
-                m.next = "FETCH_WAIT"
-            with m.State("FETCH_WAIT"):
+                m.next = "FETCH_WAIT_1"
+            for i in range(1, self.read_latency):
+                with m.State(f"FETCH_WAIT_{i}"):
+                    m.next = f"FETCH_WAIT_{i + 1}"
+            with m.State(f"FETCH_WAIT_{self.read_latency}"):
                 m.d.sync += shreg[width - a.port_bits:].eq(self.mem_rdata)
                 m.next = "TX_PREP"
             # The byte to send is chosen into a register, then sent: the status and identity
