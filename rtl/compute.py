@@ -8,12 +8,17 @@ from .isa import INSTR_BITS, NM_M, NM_MIN_N, PC_BITS, ErrorCode, Opcode, instr_l
 from .lane import TernaryLane
 from .params import ArrayParams
 
-__all__ = ["ComputeUnit", "popcount"]
+__all__ = ["ComputeUnit", "popcount", "tree_sum"]
 
 
 def popcount(bits):
     """A balanced adder tree over the bits of a value (no multiplier); pass a named Signal."""
-    terms = [bits[i] for i in range(len(bits))]
+    return tree_sum([bits[i] for i in range(len(bits))])
+
+
+def tree_sum(terms):
+    """A balanced adder tree over `terms` (no multiplier)."""
+    terms = list(terms)
     if not terms:
         return Const(0, 1)
     while len(terms) > 1:
@@ -71,9 +76,10 @@ class ComputeUnit(wiring.Component):
     retire, retire_pc, error, error_pc, active, blocked, stall_dep : Out
     busy_lanes : Out
         Busy lane-cycles of this cycle's stage 1.
-    skipped : Out
-        Zero-weight lane-cycles of the previous cycle's stage 1 (a register between the weight
-        buffer and the count).
+    zero_rows, zero_tokens : Out
+        The previous cycle's stage 1, registered as it left the weight buffer: its rows with a
+        zero weight, and its token lanes. Their zero-weight lane-cycles are the count of
+        `zero_rows` for each set bit of `zero_tokens`; the accelerator counts them in stages.
     """
 
     def __init__(self, params: ArrayParams, predecoded: bool = False):
@@ -98,7 +104,8 @@ class ComputeUnit(wiring.Component):
             "retire": Out(1), "retire_pc": Out(PC_BITS),
             "error": Out(ErrorCode), "error_pc": Out(PC_BITS),
             "active": Out(1), "blocked": Out(1), "stall_dep": Out(1),
-            "busy_lanes": Out(range(p.lanes + 1)), "skipped": Out(range(p.lanes + 1)),
+            "busy_lanes": Out(range(p.lanes + 1)),
+            "zero_rows": Out(p.row_lanes), "zero_tokens": Out(p.token_lanes),
         })
 
     @staticmethod
@@ -371,12 +378,10 @@ class ComputeUnit(wiring.Component):
         # which made the netlist grow with the square of the row count.
         zero_vec = Signal(p.row_lanes)
         m.d.comb += zero_vec.eq(Cat(*zero_bits))
-        # The zero bits are registered as they leave the weight buffer, and the adder tree
-        # counts the register: `skipped` reports the previous cycle's stage 1.
-        zero_q = Signal(p.row_lanes)
-        m.d.sync += zero_q.eq(Mux(s1, zero_vec, 0))
-        zeros = popcount(zero_q)
-        m.d.comb += self.skipped.eq(sum(Mux(s2_tok[j], zeros, 0) for j in range(p.token_lanes)))
+        # The zero bits are registered as they leave the weight buffer; the accelerator counts
+        # the register (stage 1's tokens are stage 2's now).
+        m.d.sync += self.zero_rows.eq(Mux(s1, zero_vec, 0))
+        m.d.comb += self.zero_tokens.eq(s2_tok)
         with m.If(s1):
             m.d.comb += self.busy_lanes.eq(sum(Mux(s1_tok[j], s1_nrows, 0)
                                                for j in range(p.token_lanes)))

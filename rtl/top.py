@@ -25,7 +25,7 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .compute import ComputeUnit
+from .compute import ComputeUnit, popcount, tree_sum
 from .isa import INSTR_BITS, PC_BITS, Counter, ErrorCode, Status, Unit
 from .load import ADDR_BITS, LoadUnit
 from .memport import read_port
@@ -33,7 +33,14 @@ from .params import SCALE_POINTS, ArrayParams, scale_point
 from .sequencer import Dispatcher
 from .store import StoreUnit, write_layout
 
-__all__ = ["Accelerator", "main", "write_component", "write_verilog"]
+__all__ = ["Accelerator", "COUNTERS_FINAL", "main", "write_component", "write_verilog"]
+
+#: The performance counters hold their final values from this cycle on, counting the cycles in
+#: which `status` is no longer RUNNING (the first such cycle is 1): each adds a registered
+#: increment, and zero weights are counted in two more stages (see `Accelerator.elaborate`).
+COUNTERS_FINAL = 4
+#: Rows per partial count of zero weights (a register each, summed a cycle later).
+ZERO_CHUNK = 16
 
 #: What a unit's instruction queue holds per instruction (and, with no queues, what the
 #: dispatcher offers): the word, its address, and its predecoded checks.
@@ -49,7 +56,8 @@ class Accelerator(wiring.Component):
     pulses `start` (ignored while `draining`). `status` goes RUNNING in the next cycle and ends
     DONE when a HALT retires or ERROR when anything is malformed, with `error` and `error_pc`
     from the second cycle in which it is ERROR; either way `counters` hold the run's performance
-    counters, from the third cycle in which `status` is no longer RUNNING until the next start.
+    counters, from the `COUNTERS_FINAL`-th cycle in which `status` is no longer RUNNING until the
+    next start.
 
     Members
     -------
@@ -296,10 +304,25 @@ class Accelerator(wiring.Component):
         m.d.comb += [self.retire_valid[Unit.DISPATCH].eq(disp.halted & run),
                      self.retire_pc[Unit.DISPATCH].eq(disp.pc)]
 
+        # COMPUTE's zero bits are counted in two cycles: partial counts of ZERO_CHUNK rows into
+        # registers, then their sum for each token lane (one adder tree over 160 rows was the
+        # ULX3S chip's critical path). These registers run whenever the clock does: the units
+        # are frozen once the run ends, and the last cycle's count must still come through.
+        parts = []
+        for i in range(0, p.row_lanes, ZERO_CHUNK):
+            rows = comp.zero_rows[i:i + ZERO_CHUNK]
+            part = Signal(range(len(rows) + 1), name=f"zeros_{i // ZERO_CHUNK}")
+            m.d.sync += part.eq(popcount(rows))
+            parts.append(part)
+        zero_tokens = Signal(p.token_lanes)
+        m.d.sync += zero_tokens.eq(comp.zero_tokens)
+        zeros = tree_sum(parts)
+        skipped = sum(Mux(zero_tokens[j], zeros, 0) for j in range(p.token_lanes))
+
         increments = {
             Counter.CYCLES: 1,
             Counter.BUSY_LANE_CYCLES: comp.busy_lanes,
-            Counter.SKIPPED_ZERO: comp.skipped,
+            Counter.SKIPPED_ZERO: skipped,
             Counter.BYTES_READ: Mux(load.rd_resp.valid, p.port_bytes, 0),
             Counter.BYTES_WRITTEN: Mux(self.wr_req.valid & self.wr_req.ready, p.port_bytes, 0),
             Counter.STALL_LOAD_DEP: load.stall_dep,
@@ -312,11 +335,14 @@ class Accelerator(wiring.Component):
         assert set(increments) == set(Counter)
         # Each increment is registered, so that the stall and issue logic behind it and the
         # counter's carry chain are in different cycles: a counter adds what happened in a cycle
-        # one cycle later. COMPUTE reports zero weights a cycle late already: that counter is
-        # final a cycle later still, in the third cycle in which `status` is not RUNNING.
+        # one cycle later. Zero weights reach `skipped` two cycles late (COMPUTE's register and
+        # the partial counts), so that counter is final two cycles later still: from the
+        # COUNTERS_FINAL-th cycle in which `status` is not RUNNING. Its increments are counted
+        # when the cycle they describe was a RUNNING one of this run.
         ran = Signal()          # the previous cycle was a RUNNING one
-        m.d.sync += ran.eq(run)
-        counted = {Counter.SKIPPED_ZERO: ran & ~begin}
+        ran2 = Signal()         # ... and the one before it, since the last start
+        m.d.sync += [ran.eq(run), ran2.eq(ran & ~begin)]
+        counted = {Counter.SKIPPED_ZERO: ran2 & ~begin}
         for c, inc in increments.items():
             inc_q = Signal(Value.cast(inc).shape(), name=f"inc_{c.name.lower()}")
             m.d.sync += inc_q.eq(Mux(counted.get(c, run), inc, 0))

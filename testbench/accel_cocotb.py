@@ -21,6 +21,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
 from rtl.isa import OPCODE_OF_UNIT, Counter, Status, TraceRecord, Unit
+from rtl.top import COUNTERS_FINAL
 
 
 def _bits(handle) -> int:
@@ -131,7 +132,10 @@ async def run_job(dut, job, port_bytes, counter_bits):
             responses += 1
     await FallingEdge(dut.clk)
     dut.rd_resp__valid.value = 0
-    await FallingEdge(dut.clk)
+    # The first cycle that is not RUNNING was the loop's last; counters are final from the
+    # COUNTERS_FINAL-th.
+    for _ in range(COUNTERS_FINAL - 2):
+        await FallingEdge(dut.clk)
 
     counters_raw = _bits(dut.counters)
     mask = (1 << counter_bits) - 1

@@ -10,7 +10,7 @@ from amaranth.sim import Simulator as AmaranthSimulator
 
 from rtl.isa import OPCODE_OF_UNIT, Counter, ErrorCode, Status, TraceRecord, Unit
 from rtl.params import ArrayParams
-from rtl.top import Accelerator
+from rtl.top import COUNTERS_FINAL, Accelerator
 from sim.backend import Job, RunResult
 
 __all__ = ["AmaranthBackend"]
@@ -101,7 +101,8 @@ class AmaranthBackend:
                 ctx.set(dut.rd_resp.payload, pending.popleft()[1])
         await ctx.tick()
         ctx.set(dut.rd_resp.valid, 0)
-        await ctx.tick()
+        for _ in range(COUNTERS_FINAL - 2):   # counters are final from the COUNTERS_FINAL-th
+            await ctx.tick()                  # cycle that is not RUNNING; the loop saw the 1st
         counters = {c.name: int(ctx.get(dut.counters[c])) & ((1 << p.counter_bits) - 1)
                     for c in Counter}
         return RunResult(status=status, error=ErrorCode(ctx.get(dut.error)),
