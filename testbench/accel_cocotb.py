@@ -132,9 +132,9 @@ async def run_job(dut, job, port_bytes, counter_bits):
             responses += 1
     await FallingEdge(dut.clk)
     dut.rd_resp__valid.value = 0
-    # The first cycle that is not RUNNING was the loop's last; counters are final from the
-    # COUNTERS_FINAL-th.
-    for _ in range(COUNTERS_FINAL - 2):
+    # The loop stopped in the first cycle that is not RUNNING, and this is the third (later if
+    # reads drained): counters are final from the COUNTERS_FINAL-th, and are read in it.
+    for _ in range(COUNTERS_FINAL - 3):
         await FallingEdge(dut.clk)
 
     counters_raw = _bits(dut.counters)

@@ -327,6 +327,25 @@ def error_cases(params: ArrayParams) -> list:
         word[2, 1] = b
         bad.add(0, word)
         case(f"base3-byte-{b}", [Load(rows=1, length=4), Halt()], ErrorCode.BAD_WEIGHT, 0, bad)
+    # A run that stops while a MATMUL streams zero weights, so that counts of its last cycles
+    # arrive after status left RUNNING (`rtl.top.COUNTERS_FINAL`): after the MATMUL, a LOAD
+    # whose last word has an invalid byte, into buffer rows the MATMUL does not read.
+    k, bad_len, bad_base = 32, 8, 1024
+    w_zeros = np.zeros((3, k), np.int8)       # a zero in every row of nearly every column
+    w_zeros[[0, 1, 2], [0, 1, 2]] = [1, -1, 1]
+    zeros = projection_case(p, "zeros", w_zeros, np.ones((1, k), np.int8))
+    late = MemoryImage(p.port_bytes)
+    late.regions = dict(zeros.job.memory.regions)
+    word = np.zeros((bad_len, p.port_bytes), np.uint8)
+    word[-1, 0] = 255
+    late.add(bad_base, word)
+    assert p.wbuf_rows >= k + bad_len     # the MATMUL reads rows 0 .. k-1
+    after = next(i for i, ins in enumerate(zeros.plan.program) if isinstance(ins, MatMul)) + 1
+    case("bad-weight-mid-matmul",
+         list(zeros.plan.program[:after])
+         + [Load(rows=1, length=bad_len, dram=bad_base, sram=p.wbuf_rows - bad_len)]
+         + list(zeros.plan.program[after:]),
+         ErrorCode.BAD_WEIGHT, after, late)
     code3 = MemoryImage(p.port_bytes)
     word = np.full((2, p.port_bytes), 0b01010101, np.uint8)
     word[1, 0] = 0b01110101
