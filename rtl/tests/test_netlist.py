@@ -279,13 +279,19 @@ def test_control_walk_finds_multiplier():
         "1 x instance MULT18X18D"]
 
 
+def assert_reaches_lanes(ops: Counter, lanes: int, what: str) -> None:
+    """The walk must reach every lane: each has one adder (its carry-in rides in a low bit of
+    that adder, rtl/lane.py) and one XOR (the one's complement of a negated activation)."""
+    assert ops["+"] >= lanes and ops["^"] >= lanes, \
+        f"{what}: the walk saw {ops['+']} adders and {ops['^']} XORs for {lanes} lanes"
+
+
 @pytest.mark.parametrize("point", list(SCALE_POINTS))
 def test_no_multiplier_operator(point):
     t = time.monotonic()
     params = SCALE_POINTS[point]
     ops, instances = design_operators(_ir.Fragment.get(Accelerator(params), None))
-    # Each lane adds twice (acc + flipped x + carry): the walk must reach every lane.
-    assert ops["+"] >= 2 * params.lanes, f"{point}: the walk saw only {ops['+']} adders"
+    assert_reaches_lanes(ops, params.lanes, point)
     outdir = OUT / point
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / "operators.json").write_text(json.dumps(
@@ -301,7 +307,7 @@ def test_chip_has_no_multiplier_operator(board):
     # What goes on a board: the accelerator with its memory and UART host link (the memory as
     # Amaranth builds it without a platform; on iCE40 it becomes SPRAM instances).
     ops, instances = design_operators(_ir.Fragment.get(Chip(CHIPS[board]), None))
-    assert ops["+"] >= 2 * CHIPS[board].array.lanes
+    assert_reaches_lanes(ops, CHIPS[board].array.lanes, board)
     found = ast_multipliers(ops, instances)
     assert not found, f"{board}: {found}"
 
