@@ -7,7 +7,6 @@ Run ``python -m rtl.chip --verilog DIR [CHIP ...]`` to write Verilog for the chi
 `rtl.params.CHIPS` (the simulation memory; the iCE40 SPRAM variant needs the iCE40 platform).
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.vendor import LatticeICE40Platform
 
+from .cli import ArgumentParser
 from .hostlink import HostLink
 from .isa import Status
 from .memport import read_port
@@ -197,7 +197,7 @@ def write_verilog(chip: ChipParams, path: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rtl.chip", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m rtl.chip", description=__doc__.split("\n")[0])
     ap.add_argument("--verilog", metavar="DIR", type=Path, required=True,
                     help="write DIR/<chip>.v")
     ap.add_argument("chips", nargs="*", default=list(CHIPS),

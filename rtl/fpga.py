@@ -26,7 +26,6 @@ board (for example a lane array for the int8 comparison). `--lanes N` builds the
 scale point's rows and N / rows token lanes.
 """
 
-import argparse
 import dataclasses
 import hashlib
 import importlib
@@ -47,6 +46,7 @@ from amaranth.hdl import ClockDomain, Elaboratable, Instance, Module, Shape, Sig
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 
+from .cli import ArgumentParser
 from .results import write_section
 
 __all__ = ["BOARDS", "DEVICES", "BoardTop", "BuildError", "Design", "build", "check_report",
@@ -838,7 +838,7 @@ def write_results(path: Path, section: str) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rtl.fpga", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m rtl.fpga", description=__doc__.split("\n")[0])
     ap.add_argument("--board", choices=[*BOARDS, "all"], default="all",
                     help="board to build for (default: all)")
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "fpga",

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from amaranth.hdl import unsigned
 from amaranth.lib import data, enum
 
+from .cli import ArgumentParser
+
 __all__ = [
     "INSTR_BITS", "PC_BITS", "Opcode", "Unit", "Buffer", "WeightEncoding", "Status", "ErrorCode",
     "Counter", "Field", "FORMATS", "UNIT_OF", "OPCODE_OF_UNIT", "Instr", "Load", "MatMul",
@@ -482,8 +484,14 @@ def _doc(en, member) -> str:
     return _member_docs(en).get(member.name, "").replace("|", "\\|")
 
 
+def main(argv=None) -> int:
+    ap = ArgumentParser(prog="python -m rtl.isa", description="The instruction set's reference.")
+    ap.add_argument("--markdown", action="store_true", required=True,
+                    help="print the ISA reference (docs/isa.md) as Markdown")
+    ap.parse_args(argv)
+    sys.stdout.write(markdown())
+    return 0
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--markdown"]:
-        sys.stdout.write(markdown())
-    else:
-        sys.exit("usage: python -m rtl.isa --markdown   (prints docs/isa.md)")
+    sys.exit(main())

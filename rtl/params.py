@@ -71,6 +71,11 @@ class ArrayParams:
     registered_decode : the weight decoder's base-3 tables are block RAM, read in the cycle a
         response arrives: the LOAD response side runs one cycle behind the port (a LOAD retires
         one cycle later). Without it they are logic, about 140 iCE40 cells per port byte.
+    registered_weight_write : a decoded weight row goes into a register and is written to the
+        weight buffer one cycle later (the decoder's tables then feed flip-flops, not the
+        weight buffer's block RAMs). No cycle changes: a LOAD's consumers issue the cycle after
+        it retires at the earliest, and read a cycle after that. It costs a flip-flop per bit
+        of a buffer row.
     mem : timing of the external memory port.
     """
 
@@ -88,6 +93,7 @@ class ArrayParams:
     encodings: tuple = (WeightEncoding.BASE3, WeightEncoding.CODE2)
     counter_bits: int = COUNTER_BITS
     registered_decode: bool = False
+    registered_weight_write: bool = False
     mem: MemTiming = field(default_factory=MemTiming)
 
     def __post_init__(self):
@@ -199,9 +205,10 @@ SCALE_POINTS = {
     # the lanes filled the other, but with its read and bypass muxes it cost 74 LUT4 per lane of
     # the 136 (the goal is 50); a STORE of 40 words against a MATMUL of k_len cycles costs less.
     # The base-3 tables are block RAM (registered_decode): the combinational decoder was its
-    # critical path.
+    # critical path, then the tables' route into the weight buffer (registered_weight_write).
     "ecp5": ArrayParams(name="ecp5", port_bytes=32, token_lanes=2,
-                        wbuf_rows=1024, abuf_rows=512, acc_groups=1, registered_decode=True),
+                        wbuf_rows=1024, abuf_rows=512, acc_groups=1, registered_decode=True,
+                        registered_weight_write=True),
     # The reference design: a 1024-bit port (128 B/cycle), 640 rows x 2 tokens = 1280 lanes.
     # 640 rows divide the 2B4T projection heights 2560 and 640 and tile 6912 at 98%.
     # It implements N:M structured sparse weights (rtl.isa NM) besides the dense encodings.

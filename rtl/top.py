@@ -3,7 +3,6 @@
 Run ``python -m rtl.top --verilog DIR [SCALE_POINT ...]`` to write Verilog for scale points.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .cli import ArgumentParser
 from .compute import ComputeUnit, popcount, tree_sum
 from .isa import INSTR_BITS, PC_BITS, Counter, ErrorCode, Status, Unit
 from .load import ADDR_BITS, LoadUnit
@@ -186,9 +186,21 @@ class Accelerator(wiring.Component):
                 acc_w.data.eq(comp.c_wdata),
                 acc_rs.addr.eq(store.c_raddr), store.c_rdata.eq(acc_rs.data),
             ]
+        w_en = load.w_en & run.replicate(len(load.w_en))
+        if p.registered_weight_write:
+            # The decoded row goes into a register and is written the next cycle: the decoder's
+            # block RAM tables then feed flip-flops, not the weight buffer's block RAMs across
+            # the die. No cycle changes: a LOAD retires with its last write requested, its
+            # consumers issue a cycle later at the earliest and read a cycle after that.
+            w_q = Signal.like(w_en, name="wbuf_w_en_q")
+            w_addr_q = Signal.like(load.w_addr, name="wbuf_w_addr_q")
+            w_data_q = Signal.like(load.w_data, name="wbuf_w_data_q")
+            m.d.sync += [w_q.eq(w_en), w_addr_q.eq(load.w_addr), w_data_q.eq(load.w_data)]
+            w_en, w_addr, w_data = w_q, w_addr_q, w_data_q
+        else:
+            w_addr, w_data = load.w_addr, load.w_data
         m.d.comb += [
-            wbuf_w.en.eq(load.w_en & run.replicate(len(load.w_en))), wbuf_w.addr.eq(load.w_addr),
-            wbuf_w.data.eq(load.w_data),
+            wbuf_w.en.eq(w_en), wbuf_w.addr.eq(w_addr), wbuf_w.data.eq(w_data),
             abuf_w.en.eq(load.a_en & run), abuf_w.addr.eq(load.a_addr),
             abuf_w.data.eq(load.a_data),
             wbuf_r.addr.eq(comp.w_addr), comp.w_data.eq(wbuf_data),
@@ -369,7 +381,7 @@ def write_component(component, name: str, path: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rtl.top", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m rtl.top", description=__doc__.split("\n")[0])
     ap.add_argument("--verilog", metavar="DIR", type=Path, required=True,
                     help="write DIR/<scale point>.v")
     ap.add_argument("points", nargs="*", default=list(SCALE_POINTS),
