@@ -70,6 +70,9 @@ LINEAR_CLASSES = ("autobitlinear", "bitlinear")
 DEFAULT_QUANTIZATION_MODE = "offline"
 #: Elements per chunk of the NaN / Inf scan, so that a 656 MB table is not widened at once.
 _SCAN_CHUNK = 1 << 22
+#: The largest |int8 activation|: a projection's output is at most gamma * 128 * k in size.
+_ACT_MAX = 128
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class CheckpointError(Exception):
@@ -648,7 +651,14 @@ class Checkpoint:
         t = self._tensor(proj.name)
         if not self._packed:
             w = self._checked_float(t)
-            return absmean_ternarize(w)
+            with np.errstate(over="ignore", invalid="ignore"):   # huge weights: checked below
+                w_t, gamma = absmean_ternarize(w)
+            if not np.isfinite(gamma):
+                big = float(np.max(np.abs(w.astype(np.float32))))
+                raise t.file.fail(f"the absmean scale of its weights (mean |W|) overflows "
+                                  f"float32 (|W| up to {big:.3g})", t.name)
+            self._check_scale(t, gamma, proj.k, "its absmean scale")
+            return w_t, gamma
         try:
             w_t = hf_unpack(t.file.read(t))
         except ValueError as e:
@@ -671,7 +681,17 @@ class Checkpoint:
             if not np.isfinite(gamma):
                 raise s.file.fail(f"weight_scale {stored!r} is too small to divide by "
                                   f"(linear_class bitlinear)", s.name)
+        self._check_scale(s, gamma, proj.k, f"weight_scale {float(stored):.3g} (gamma)")
         return w_t, gamma
+
+    @staticmethod
+    def _check_scale(t: _Tensor, gamma: np.float32, k: int, what: str) -> None:
+        """The largest output a scale allows, gamma * 128 * k, must be finite in float32."""
+        top = float(gamma) * _ACT_MAX * k
+        if top > _F32_MAX:
+            raise t.file.fail(f"{what} is too large: an output can reach gamma * {_ACT_MAX} * "
+                              f"k = {float(gamma):.3g} * {_ACT_MAX} * {k} = {top:.3g}, beyond "
+                              f"float32 ({_F32_MAX:.3g})", t.name)
 
     def embedding(self) -> np.ndarray:
         """The token embedding (vocab, hidden) in its stored dtype, read-only, checked finite."""

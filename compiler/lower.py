@@ -16,14 +16,15 @@ sparse (`python -m compiler.nm` makes one); `--nm auto` gives each projection th
 densest group (at least 2), and refuses weights with a fully dense group (8 of 8 non-zero).
 """
 
-import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from rtl.cli import ArgumentParser
 from rtl.isa import (
     NM_M,
     NM_MAX_N,
@@ -35,8 +36,8 @@ from rtl.isa import (
 from rtl.params import SCALE_POINTS, ArrayParams, scale_point
 from sim.golden import nm_group_nonzeros
 
-from .artifact import ArtifactError, ArtifactWriter, LayerEntry
-from .checkpoint import Checkpoint, CheckpointError
+from .artifact import ArtifactError, ArtifactWriter, LayerEntry, check_artifact_destination
+from .checkpoint import CONFIG_FILE, Checkpoint, CheckpointError
 from .tiling import pack_weight_image, plan_projection
 
 __all__ = ["lower", "main", "LowerError", "parse_nm"]
@@ -72,6 +73,19 @@ class Progress:
 def default_output(model: Path, target: str, encoding: WeightEncoding) -> Path:
     base = model if model.is_dir() else model.parent
     return base / f"accel-{target}-{encoding.name.lower()}"
+
+
+def check_output(dest: Path, ckpt: Checkpoint) -> None:
+    """Refuse an output directory that is, or holds, the model, or is not an artifact."""
+    dest = Path(dest).resolve()
+    model_files = [*ckpt.files, ckpt.path, ckpt.path.parent / CONFIG_FILE]
+    if dest == ckpt.path.parent.resolve():
+        raise LowerError(f"{dest}: is the model's own directory; give another output directory")
+    for f in model_files:
+        if f.resolve().is_relative_to(dest):
+            what = "is" if f.resolve() == dest else f"holds {f},"
+            raise LowerError(f"{dest}: {what} a file of the model; refusing to replace it")
+    check_artifact_destination(dest)
 
 
 def parse_nm(text: str) -> int | str:
@@ -142,6 +156,8 @@ def lower(model: Path, out: Path | None = None, target: str = "default",
                             if _targets_with(encoding) else ""))
     t0 = time.monotonic()
     ckpt = Checkpoint(Path(model))
+    out = Path(out) if out is not None else default_output(Path(model), target, encoding)
+    check_output(out, ckpt)
     cfg = ckpt.config
     projs = ckpt.projections()
     batch = params.batch_tokens
@@ -174,8 +190,7 @@ def lower(model: Path, out: Path | None = None, target: str = "default",
         y_words = max(y_words, plan.y_words)
     x_base, y_base = offset, offset + x_words
 
-    writer = ArtifactWriter(out or default_output(Path(model), target, encoding), params,
-                            encoding, batch)
+    writer = ArtifactWriter(out, params, encoding, batch)
     first_bar = len(projs) if auto else 0
     try:
         weights = weight_bytes = instructions = zeros = 0
@@ -282,7 +297,7 @@ def _nm_rows(s: dict) -> list:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m compiler.lower",
         description="Lower every BitNet projection of a Hugging Face checkpoint to the "
                     "accelerator's instruction stream and weight image.")
@@ -307,6 +322,14 @@ def main(argv=None) -> int:
                           f"N of its densest group. Output default: accel-<target>-nm")
     ap.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     args = ap.parse_args(argv)
+    caught = []
+
+    def terminate(signum, frame):
+        caught.append(signum)
+        raise KeyboardInterrupt
+
+    # SIGTERM unwinds like Ctrl-C, so that the temporary directory is removed.
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         nm = parse_nm(args.nm) if args.nm is not None else None
         encoding = ENCODINGS[args.weights] if args.weights else None
@@ -315,10 +338,15 @@ def main(argv=None) -> int:
     except (CheckpointError, ArtifactError, LowerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:                     # the writer names its paths; this is a fallback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted; no artifact written", file=sys.stderr)
-        return 130
-    print(json.dumps(summary) if args.json else _table(summary))
+        return 128 + (caught[0] if caught else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(json.dumps(summary, allow_nan=False) if args.json else _table(summary))
     return 0
 
 

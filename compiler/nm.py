@@ -69,13 +69,11 @@ the top-1 agreement (fraction of positions whose argmax agrees) and the mean KL 
 KL(dense || sparse) of the next-token distributions.
 """
 
-import argparse
 import json
 import math
-import os
+import re
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,10 +81,12 @@ from pathlib import Path
 
 import numpy as np
 
+from rtl.cli import ArgumentParser
 from rtl.isa import NM_M
 from sim.golden import absmean_ternarize
 from sim.host import HostError, HostModel
 
+from .artifact import check_replaceable, commit_directory, os_errors, stage_directory
 from .checkpoint import CONFIG_FILE, SINGLE_FILE, Checkpoint, CheckpointError, Projection
 from .lower import Progress
 from .synth import TensorSpec, write_streaming
@@ -110,6 +110,8 @@ TRIM_SPAN = 1 << 16
 EXTRA_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                "generation_config.json")
 NM_FILE = "nm.json"
+#: Everything the pass writes into its output directory (tokenizer files only when present).
+OUT_FILES = (CONFIG_FILE, SINGLE_FILE, NM_FILE, *EXTRA_FILES)
 FORMAT = "ternary-accel-nm"
 VERSION = 1
 
@@ -141,15 +143,23 @@ def parse_nm(text: str) -> int | None:
 
 
 def _ids_of(text: str, where: str) -> list[int]:
+    """Ids separated by commas or white space; an empty field between commas is refused."""
+    fields = text.split(",")
+    if len(fields) > 1 and not all(f.strip() for f in fields):
+        raise NMError(f"{where}: an empty token id between commas in {text.strip()!r:.60}")
     tokens = text.replace(",", " ").split()
     try:
         ids = [int(t) for t in tokens]
     except ValueError:
         bad = next(t for t in tokens if not t.lstrip("-").isdigit())
-        raise NMError(f"{where}: {bad!r} is not an integer token id") from None
+        raise NMError(f"{where}: {bad!r:.40} is not an integer token id") from None
     if any(i < 0 for i in ids):
         raise NMError(f"{where}: token ids must be >= 0, got {min(ids)}")
     return ids
+
+
+#: An inline id list: digits, separators and minus signs only (never looked up as a file).
+_INLINE_IDS = re.compile(r"[\d,; \t-]+")
 
 
 def parse_ids(spec: str, vocab_size: int | None = None) -> list[list[int]]:
@@ -163,7 +173,12 @@ def parse_ids(spec: str, vocab_size: int | None = None) -> list[list[int]]:
     if not spec:
         raise NMError("no token ids given")
     path = Path(spec)
-    if path.is_file():
+    if _INLINE_IDS.fullmatch(spec):
+        parts = spec.split(";")
+        if not all(part.strip() for part in parts):
+            raise NMError(f"token ids: an empty sequence between semicolons in {spec!r:.60}")
+        seqs = [_ids_of(part, "token ids") for part in parts]
+    elif _is_file(path):
         if path.suffix == ".npy":
             try:
                 a = np.load(path, allow_pickle=False)
@@ -183,10 +198,8 @@ def parse_ids(spec: str, vocab_size: int | None = None) -> list[list[int]]:
             seqs = [_ids_of(line, f"{path} line {n + 1}")
                     for n, line in enumerate(text.splitlines())
                     if line.strip() and not line.lstrip().startswith("#")]
-    elif all(c.isdigit() or c in ",; \t-" for c in spec):
-        seqs = [_ids_of(part, "token ids") for part in spec.split(";") if part.strip()]
     else:
-        raise NMError(f"{spec}: no such file (give token ids like 1,2,3 or a file of them)")
+        raise NMError(f"{spec:.200}: no such file (give token ids like 1,2,3 or a file of them)")
     seqs = [s for s in seqs if s]
     if not seqs:
         raise NMError(f"{spec}: holds no token ids")
@@ -195,6 +208,13 @@ def parse_ids(spec: str, vocab_size: int | None = None) -> list[list[int]]:
         if top >= vocab_size:
             raise NMError(f"{spec}: token id {top} is outside the vocabulary [0, {vocab_size})")
     return seqs
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:                          # a name too long for a file name is no file
+        return False
 
 
 # -- the metric and the mask ----------------------------------------------------------------------
@@ -365,9 +385,13 @@ def encode_float(values: np.ndarray, gamma, exact: bool = True) -> Encoded:
     gamma = np.float32(gamma)
     nz = np.flatnonzero(values)
     if nz.size == 0:
-        raise NMError("a projection with no non-zero weight has no scale to store")
+        raise NMError("it has no non-zero weight (after pruning), so a float checkpoint has no "
+                      "scale to store for it")
     size = values.size
     base = np.float32(float(gamma) * size / nz.size)
+    if not (np.isfinite(gamma) and np.isfinite(base) and np.isfinite(np.float32(4) * base)):
+        raise NMError(f"scale {float(gamma):.3g} times {size / nz.size:.3g} (size over non-zero "
+                      f"weights) is not finite in float32")
 
     def read(trim: np.ndarray, b: int) -> tuple[np.ndarray, np.float32]:
         return absmean_ternarize(_build(values, base, trim, _bits_f32(b)))
@@ -435,26 +459,23 @@ def _bits(n: int, m: int, binary: bool) -> dict:
             "metadata_bits": metadata_bits(n, m)}
 
 
+def _is_nm_output(path: Path) -> bool:
+    try:
+        doc = json.loads((path / NM_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT
+
+
 def _check_out(out: Path, model_dir: Path) -> None:
+    """Refuse an output directory that is or holds the model, or holds anything but an earlier
+    output of this pass (only its files, with an nm.json of this format)."""
     if out.resolve() == model_dir.resolve():
         raise NMError(f"{out}: the output directory is the model directory")
-    if out.exists():
-        if not out.is_dir():
-            raise NMError(f"{out}: exists and is not a directory")
-        if any(out.iterdir()) and not (out / NM_FILE).is_file():
-            raise NMError(f"{out}: exists, is not empty and holds no {NM_FILE} (not an earlier "
-                          f"output of this pass); refusing to replace it")
-
-
-def _commit(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if model_dir.resolve().is_relative_to(out.resolve()):
+        raise NMError(f"{out}: holds the model directory {model_dir}; refusing to replace it")
+    check_replaceable(out, OUT_FILES.__contains__, "an earlier output of compiler.nm",
+                      _is_nm_output, NMError)
 
 
 def prune(model_dir: Path, out: Path, nm: int | None, sequences: Sequence[Sequence[int]],
@@ -520,7 +541,10 @@ def prune(model_dir: Path, out: Path, nm: int | None, sequences: Sequence[Sequen
         bar.update(i, f"prune {p.name}")
         n = layer_n[p.layer]
         sp = sparsify(latent(p), x_norm[p.name], n, binary)
-        enc = encode_float(sp.values, sp.scale, exact=not binary)
+        try:
+            enc = encode_float(sp.values, sp.scale, exact=not binary)
+        except NMError as e:
+            raise NMError(f"{ckpt.info(p.name)[2]}: tensor {p.name!r}: {e}") from None
         encoded[p.name] = enc
         size = p.n * p.k
         nonzero = int(np.count_nonzero(sp.values))
@@ -570,32 +594,43 @@ def prune(model_dir: Path, out: Path, nm: int | None, sequences: Sequence[Sequen
 
 def _write(ckpt: Checkpoint, model_dir: Path, out: Path, encoded: dict[str, Encoded],
            summary: dict, progress: bool) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        shutil.copyfile(model_dir / CONFIG_FILE, tmp / CONFIG_FILE)
-        for name in EXTRA_FILES:
-            if (model_dir / name).is_file():
-                shutil.copyfile(model_dir / name, tmp / name)
-        specs = []
-        for name in ckpt.names():
-            if name in encoded:
-                enc = encoded[name]
-                specs.append(TensorSpec(name, "F32", enc.values.shape,
-                                   lambda enc=enc: iter((enc.materialize(),))))
-            else:
-                dtype, shape, _ = ckpt.info(name)
-                specs.append(TensorSpec(name, dtype, shape,
-                                   lambda name=name: iter((ckpt.read(name),))))
-        if progress:
-            sys.stderr.write(f"writing {out / SINGLE_FILE}\r")
-        write_streaming(tmp / SINGLE_FILE, specs, {"format": "pt", "nm": summary["nm"]})
-        (tmp / NM_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+        text = json.dumps(summary, indent=1, allow_nan=False) + "\n"
+    except ValueError as e:                  # NaN or Infinity: not JSON, never written
+        raise NMError(f"{out}: {NM_FILE} would hold a non-finite number ({e})") from None
+    tmp = stage_directory(out, NMError)
+    try:
+        with os_errors(out, NMError):
+            _fill(ckpt, model_dir, out, tmp, encoded, summary, text, progress)
         Checkpoint(tmp)                      # the structure checks of every reader
-        _commit(tmp, out)
+        _check_out(out, model_dir)           # again: it may have changed meanwhile
+        commit_directory(tmp, out, NMError)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _fill(ckpt: Checkpoint, model_dir: Path, out: Path, tmp: Path,
+          encoded: dict[str, Encoded], summary: dict, text: str, progress: bool) -> None:
+    """Write the pass's files into the temporary directory `tmp` (renamed to `out` later)."""
+    shutil.copyfile(model_dir / CONFIG_FILE, tmp / CONFIG_FILE)
+    for name in EXTRA_FILES:
+        if (model_dir / name).is_file():
+            shutil.copyfile(model_dir / name, tmp / name)
+    specs = []
+    for name in ckpt.names():
+        if name in encoded:
+            enc = encoded[name]
+            specs.append(TensorSpec(name, "F32", enc.values.shape,
+                                    lambda enc=enc: iter((enc.materialize(),))))
+        else:
+            dtype, shape, _ = ckpt.info(name)
+            specs.append(TensorSpec(name, dtype, shape,
+                                    lambda name=name: iter((ckpt.read(name),))))
+    if progress:
+        sys.stderr.write(f"writing {out / SINGLE_FILE}\r")
+    write_streaming(tmp / SINGLE_FILE, specs, {"format": "pt", "nm": summary["nm"]})
+    (tmp / NM_FILE).write_text(text)
 
 
 # -- evaluation -----------------------------------------------------------------------------------
@@ -629,7 +664,13 @@ def evaluate(dense_dir: Path, sparse_dir: Path, sequences: Sequence[Sequence[int
     d = np.concatenate(ld).astype(np.float64)
     s = np.concatenate(ls).astype(np.float64)
     err = np.abs(s - d)
+    if not (np.isfinite(d).all() and np.isfinite(s).all()):
+        raise NMError(f"{sparse_dir}: the logits of the dense or the sparse model are not "
+                      f"finite; nothing to compare")
     scale = float(np.sqrt(np.mean(d * d)))
+    if scale == 0:
+        raise NMError(f"{dense_dir}: the dense model's logits are all zero; no scale to "
+                      f"compare against")
     log_p = d - d.max(axis=1, keepdims=True)
     log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
     log_q = s - s.max(axis=1, keepdims=True)
@@ -674,7 +715,7 @@ def _eval_table(r: dict) -> str:
 
 
 def _main_eval(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m compiler.nm eval",
         description="Compare a sparse model's logits with the dense model's over the same "
                     "token ids (HostModel, golden projector).")
@@ -696,7 +737,7 @@ def _main_eval(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    print(json.dumps(result) if args.json else _eval_table(result))
+    print(json.dumps(result, allow_nan=False) if args.json else _eval_table(result))
     return 0
 
 
@@ -704,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["eval"]:
         return _main_eval(argv[1:])
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m compiler.nm",
         description="N:M structured sparsity (STBLLM) for the projections of a float BitNet "
                     "checkpoint: calibrate, rank by Standardized Importance, keep N of every "
@@ -745,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; nothing written", file=sys.stderr)
         return 130
-    print(json.dumps(summary) if args.json else _prune_table(summary))
+    print(json.dumps(summary, allow_nan=False) if args.json else _prune_table(summary))
     return 0
 
 

@@ -23,9 +23,10 @@ Values are deterministic in (seed, tensor name), independent of sharding and of 
 - embeddings (and an untied LM head) ~ N(0, 1/hidden); norm weights uniform in [0.75, 1.25].
 """
 
-import argparse
 import json
 import math
+import re
+import shutil
 import struct
 import sys
 import time
@@ -37,6 +38,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from compiler.artifact import check_replaceable, commit_directory, os_errors, stage_directory
 from compiler.checkpoint import (
     CONFIG_FILE,
     DTYPES,
@@ -45,6 +47,7 @@ from compiler.checkpoint import (
     SINGLE_FILE,
     read_config,
 )
+from rtl.cli import ArgumentParser
 from sim.golden import absmean_ternarize, hf_pack
 
 __all__ = ["SHAPES", "LATENT_LIMIT", "TensorSpec", "make_checkpoint", "write_safetensors",
@@ -68,6 +71,10 @@ LINEAR_CLASSES = ("autobitlinear", "bitlinear")
 LATENT_LIMIT = 1 << 26
 #: Elements generated at a time for large tensors.
 CHUNK_ELEMENTS = 1 << 22
+
+#: The files of a checkpoint written here; a directory holding anything else is not replaced.
+_OWN_FILE = re.compile(rf"{re.escape(CONFIG_FILE)}|{re.escape(SINGLE_FILE)}|"
+                       rf"{re.escape(INDEX_FILE)}|model-\d{{5}}-of-\d{{5}}\.safetensors")
 
 _SAFETENSORS_DTYPE = {v: k for k, v in DTYPES.items()}
 _MODULE = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
@@ -329,6 +336,8 @@ def make_checkpoint(out_dir: Path, shape: str | dict = "tiny", *, packed: bool =
         None chooses latents up to `LATENT_LIMIT` projection weights
     """
     dims, big = _dims(shape)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     if dtype not in MODEL_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(MODEL_DTYPES)}, got {dtype!r}")
     if linear_class not in LINEAR_CLASSES:
@@ -349,17 +358,29 @@ def make_checkpoint(out_dir: Path, shape: str | dict = "tiny", *, packed: bool =
     if not isinstance(shards, int) or not 1 <= shards <= len(specs):
         raise ValueError(f"shards must be an integer in [1, {len(specs)}], got {shards!r}")
 
+    # Written to a temporary sibling and renamed into place: a failure leaves nothing behind,
+    # and an existing directory is replaced only when it holds nothing but checkpoint files.
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [out_dir / SINGLE_FILE, out_dir / INDEX_FILE,
-                  *out_dir.glob("model-*-of-*.safetensors")]:
-        stale.unlink(missing_ok=True)
+    check_replaceable(out_dir, _OWN_FILE.fullmatch, "a checkpoint", None, ValueError)
     cfg = _config(dims, dtype, packed, linear_class, tie_word_embeddings, config_spelling, big)
-    (out_dir / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+    tmp = stage_directory(out_dir, OSError)
+    try:
+        with os_errors(out_dir, OSError):
+            _write_files(tmp, cfg, specs, shards)
+        check_replaceable(out_dir, _OWN_FILE.fullmatch, "a checkpoint", None, ValueError)
+        commit_directory(tmp, out_dir, OSError)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write_files(out_dir: Path, cfg: dict, specs: list[TensorSpec], shards: int) -> None:
+    (out_dir / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, allow_nan=False) + "\n")
     meta = {"format": "pt"}
     if shards == 1:
         write_streaming(out_dir / SINGLE_FILE, specs, meta)
-        return out_dir
+        return
     weight_map, total = {}, 0
     for i, group in enumerate(_split(specs, shards)):
         file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
@@ -367,11 +388,10 @@ def make_checkpoint(out_dir: Path, shape: str | dict = "tiny", *, packed: bool =
         weight_map.update((s.name, file) for s in group)
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-    return out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m compiler.synth",
+    ap = ArgumentParser(prog="python -m compiler.synth",
                                  description="Write a synthetic BitNet b1.58 checkpoint.")
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
@@ -395,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing written", file=sys.stderr)
+        return 130
     files = sorted(str(p) for p in out.glob("model*.safetensors"))
     size = sum(Path(f).stat().st_size for f in files)
     cfg = read_config(out)

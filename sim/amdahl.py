@@ -21,7 +21,6 @@ in --out; with --docs the plots also go to docs/img/amdahl-*.png and the tables 
 docs/amdahl.md between its markers.
 """
 
-import argparse
 import csv
 import json
 import math
@@ -30,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rtl.cli import ArgumentParser
 from rtl.params import SCALE_POINTS, scale_point
 
 __all__ = ["SHAPES", "ModelShape", "mac_share", "context_at_half", "load_profiles",
@@ -595,7 +595,7 @@ def _demo_model(out: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sim.amdahl", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m sim.amdahl", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("build/amdahl"), help="output directory")
     ap.add_argument("--profiles", type=Path, default=DEFAULT_PROFILES,
                     help="host profiles JSON (default sim/profiles.json)")

@@ -6,7 +6,6 @@ Every figure goes into docs/results.md between the markers of this benchmark, wi
 and the machine, and the plots into docs/img/. Ratios are measured in the same run.
 """
 
-import argparse
 import json
 import os
 import platform
@@ -21,6 +20,7 @@ import numpy as np
 from compiler.tiling import (
     unpack_results,
 )
+from rtl.cli import ArgumentParser
 from rtl.isa import Status
 from rtl.params import scale_point
 from rtl.results import write_section
@@ -262,7 +262,7 @@ def write_results(path: Path, section: str) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sim.bench", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m sim.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "bench", help="work directory")
     ap.add_argument("--results", type=Path, default=None,
                     help="update this results file (e.g. docs/results.md)")

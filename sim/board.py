@@ -13,8 +13,8 @@ simulated UART pins), `BoardClient` speaks the protocol over any link, and
 `run_artifact_on_board` runs an artifact with a client.
 """
 
-import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ from compiler.tiling import (
     plan_projection,
     unpack_results,
 )
+from rtl.cli import ArgumentParser
 from rtl.isa import INSTR_BITS, Counter, ErrorCode, Status
 from rtl.params import CHIPS
 from rtl.protocol import (
@@ -53,7 +54,7 @@ from rtl.protocol import (
 )
 
 from .backend import Job
-from .run import golden_exact, layer_job
+from .run import RunError, check_tokens, golden_exact, layer_job, stdout_closed
 
 __all__ = ["Link", "SerialLink", "BoardClient", "BoardError", "LinkTimeoutError", "RefusedError",
            "DeviceError", "ArtifactMismatchError", "check_artifact", "place_projection",
@@ -223,6 +224,8 @@ class BoardClient:
         if ident["version"] != VERSION:
             raise BoardError(f"the board speaks protocol version {ident['version']}, this "
                              f"tool version {VERSION}")
+        if ident["clk_hz"] == 0:
+            raise BoardError("the board reports a clock of 0 Hz (damaged identity reply?)")
         self.ident = ident
         return ident
 
@@ -448,7 +451,7 @@ def format_table(ident: dict, reports: list) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sim.board", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m sim.board", description=__doc__.split("\n")[0])
     ap.add_argument("port", help="serial port of the board (e.g. /dev/ttyUSB1)")
     ap.add_argument("artifact", type=Path, help="artifact directory from python -m compiler.lower")
     ap.add_argument("--baud", type=int, default=DEFAULT_BAUD,
@@ -465,7 +468,13 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     if args.tokens < 1:
-        ap.error("--tokens must be >= 1")
+        ap.error(f"--tokens must be >= 1, got {args.tokens}")
+    if args.layers is not None and args.layers < 1:
+        ap.error(f"--layers must be >= 1, got {args.layers}")
+    if args.baud < 1:
+        ap.error(f"--baud must be >= 1, got {args.baud}")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        ap.error(f"--timeout must be a finite number of seconds > 0, got {args.timeout:g}")
     link = None
     try:
         art = Artifact.load(args.artifact)
@@ -475,6 +484,7 @@ def main(argv=None) -> int:
         if not layers:
             raise BoardError(f"no projection of {args.artifact} matches --only {args.only!r}")
         x = load_activations(args.activations) if args.activations else None
+        check_tokens(art, args.tokens if x is None else x.shape[0], layers)
         link = SerialLink(args.port, args.baud)
         on_layer, progress = _progress_printer(sys.stderr.isatty() and not args.json)
         client = BoardClient(link, timeout=args.timeout, progress=progress)
@@ -482,19 +492,27 @@ def main(argv=None) -> int:
                                         on_layer=on_layer)
         if progress and sys.stderr.isatty() and not args.json:
             sys.stderr.write("\r" + " " * 90 + "\r")
-    except (BoardError, ArtifactError) as e:
+    except (BoardError, ArtifactError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
     finally:
         if link is not None:
             link.close()
     ident = client.ident
     exact = all(r.exact for r in reports)
-    if args.json:
-        print(json.dumps({"port": args.port, "artifact": str(args.artifact), "board": ident,
-                          "projections": [r.as_dict() for r in reports], "exact": exact}))
-    else:
-        print(format_table(ident, reports))
+    try:
+        if args.json:
+            print(json.dumps({"port": args.port, "artifact": str(args.artifact), "board": ident,
+                              "projections": [r.as_dict() for r in reports], "exact": exact},
+                             allow_nan=False))
+        else:
+            print(format_table(ident, reports))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return stdout_closed()
     if not exact:
         print("error: results differ from the golden numerics", file=sys.stderr)
         return 1

@@ -6,17 +6,29 @@ steps of every projection on the cycle-accurate simulator with every result chec
 bit against the golden numerics, and prints the counters.
 """
 
-import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
-from compiler.artifact import Artifact
-from compiler.lower import lower
+from compiler.artifact import Artifact, ArtifactError
+from compiler.checkpoint import CheckpointError
+from compiler.lower import LowerError, lower
 from compiler.synth import make_checkpoint
+from rtl.cli import ArgumentParser
+from rtl.params import SCALE_POINTS
 
-from .run import make_backend, run_artifact, summarize
+from .host import HostError
+from .run import (
+    RunError,
+    make_backend,
+    program_bound,
+    run_artifact,
+    stdout_closed,
+    summarize,
+    too_many_tokens,
+)
 
 __all__ = ["DEMO_SHAPE", "main"]
 
@@ -26,15 +38,53 @@ DEMO_SHAPE = dict(hidden_size=1280, intermediate_size=3456, num_layers=4, num_he
                   num_kv_heads=5, vocab_size=1024)
 
 
+def _demo_shapes() -> list:
+    """(projection, n, k) of every projection shape of the demo model."""
+    h, f = DEMO_SHAPE["hidden_size"], DEMO_SHAPE["intermediate_size"]
+    kv = h // DEMO_SHAPE["num_heads"] * DEMO_SHAPE["num_kv_heads"]
+    return [("q_proj", h, h), ("k_proj", kv, h), ("gate_proj", f, h), ("down_proj", h, f)]
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sim.demo", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m sim.demo", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("build/demo"), help="working directory")
-    ap.add_argument("--target", default="default", help="scale point (default: default)")
-    ap.add_argument("--prompt-tokens", type=int, default=16, help="prefill length (default 16)")
-    ap.add_argument("--decode-steps", type=int, default=3, help="decode steps (default 3)")
-    ap.add_argument("--clock-mhz", type=float, default=1000.0)
+    ap.add_argument("--target", choices=list(SCALE_POINTS), default="default",
+                    help="scale point (default: default)")
+    ap.add_argument("--prompt-tokens", type=int, default=16,
+                    help="prefill length, >= 1 (default 16)")
+    ap.add_argument("--decode-steps", type=int, default=3, help="decode steps, >= 0 (default 3)")
+    ap.add_argument("--clock-mhz", type=float, default=1000.0,
+                    help="clock for the times (default 1000)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
+    if args.prompt_tokens < 1:
+        ap.error(f"--prompt-tokens must be >= 1, got {args.prompt_tokens}")
+    if args.decode_steps < 0:
+        ap.error(f"--decode-steps must be >= 0, got {args.decode_steps}")
+    if not (math.isfinite(args.clock_mhz) and args.clock_mhz > 0):
+        ap.error(f"--clock-mhz must be a finite number > 0, got {args.clock_mhz:g}")
+    # The prefill runs every projection with all its tokens as one program: refuse a length
+    # whose program cannot fit before anything is built.
+    p = SCALE_POINTS[args.target]
+    for name, n, k in _demo_shapes():
+        need, exact = program_bound(p, n, k, args.prompt_tokens, p.batch_tokens)
+        if need > p.imem_depth:
+            ap.error("--prompt-tokens: "
+                     + too_many_tokens(name, args.prompt_tokens, need, exact, p))
+    try:
+        return _demo(args)
+    except BrokenPipeError:         # before OSError, of which it is one
+        return stdout_closed()
+    except (LowerError, ArtifactError, CheckpointError, HostError, RunError, ValueError,
+            OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def _demo(args) -> int:
     say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
 
     t0 = time.monotonic()
@@ -69,7 +119,7 @@ def main(argv=None) -> int:
                       for r in ledger],
            "seconds": round(time.monotonic() - t0, 2)}
     if args.json:
-        print(json.dumps(out))
+        print(json.dumps(out, allow_nan=False))
     else:
         p = art.params
         print(f"\ndemo model: {DEMO_SHAPE['num_layers']} layers, hidden "
@@ -98,6 +148,7 @@ def main(argv=None) -> int:
         print(f"\nevery projection bit-exact against the golden numerics: "
               f"{'yes' if exact else 'NO'} ({time.monotonic() - t0:.1f} s; make amdahl for the "
               f"full ledger)")
+    sys.stdout.flush()
     return 0 if exact else 1
 
 

@@ -174,10 +174,15 @@ def prepare_artifact(model_dir: Path, target: str = "default",
     cfg = read_config(model_dir)
     reused = _artifact_matches(path, model_dir, cfg, target)
     if not reused:
+        # The compiler writes into a temporary directory beside `path`, renames it into place
+        # and removes it on any failure (`compiler.artifact.ArtifactWriter`).
         try:
             lower(model_dir, path, target, WeightEncoding.BASE3, progress=progress)
         except LowerError as e:
             raise HostError(str(e)) from None
+        except OSError as e:
+            raise HostError(f"{path}: cannot write the artifact cache: {e.strerror or e}") \
+                from None
     try:
         return Artifact.load(path), reused
     except ArtifactError as e:
@@ -250,6 +255,13 @@ def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     x = x.astype(_F32)
     var = np.mean(x * x, axis=-1, keepdims=True)
     return (x / np.sqrt(var + _F32(eps))).astype(_F32) * w
+
+
+def _check_finite(a: np.ndarray, what: str, why: str) -> None:
+    """Raise HostError if `a` holds NaN or Inf: `what` is not finite ... (`why`)."""
+    if not np.isfinite(a).all():
+        idx = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
+        raise HostError(f"{what} is not finite ({a[idx]} at index {idx}): {why}")
 
 
 def _rotate_half(x: np.ndarray) -> np.ndarray:
@@ -355,6 +367,9 @@ class HostModel:
         proj = self._projs[(layer, kind)]
         if self.on_projection_input is not None:
             self.on_projection_input(proj, x)
+        _check_finite(x, f"layer {layer} {kind}: the input", "the host's arithmetic overflowed "
+                      "before this projection (are the checkpoint's weights or scales too "
+                      "large?)")
         t = self._timer
         with t("other"):
             x_q, amax = quantize_activations(x)
@@ -365,6 +380,8 @@ class HostModel:
             self.on_projection(proj, x_q, r.acc)
         with t("other"):
             y = dequantize(r.acc, self._gamma[proj.name], amax)
+        _check_finite(y, f"layer {layer} {kind}: the output", f"scaling by the weight scale "
+                      f"{float(self._gamma[proj.name]):g} overflowed float32")
         parts = t.step.parts
         parts["other"].ops += 3 * x.size + 2 * y.size
         parts["other"].bytes += 4 * x.size + x_q.size + 4 * y.size + 4 * r.acc.size
@@ -443,9 +460,23 @@ class HostModel:
         return self._linear(hmid, layer, "down_proj")
 
     def forward(self, ids, phase: str | None = None) -> np.ndarray:
-        """Consume token ids (after the cached ones); return float32 logits (len(ids), vocab)."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        """Consume token ids (after the cached ones); return float32 logits (len(ids), vocab).
+
+        A NaN or Inf on the way (weight scales that overflow float32) raises HostError naming
+        the layer and projection; numpy's floating-point warnings are silenced.
+        """
+        with np.errstate(all="ignore"):
+            return self._forward(ids, phase)
+
+    def _forward(self, ids, phase: str | None) -> np.ndarray:
         c = self.cfg
+        try:
+            ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        except OverflowError:
+            bad = next(int(i) for i in np.ravel(np.asarray(ids, dtype=object))
+                       if not -2 ** 63 <= int(i) < 2 ** 63)
+            raise HostError(f"token id {bad} is outside the vocabulary [0, {c.vocab_size})") \
+                from None
         if ids.size == 0:
             raise HostError("no tokens to process")
         if ids.min() < 0 or ids.max() >= c.vocab_size:
@@ -467,6 +498,7 @@ class HostModel:
         head = self.head()
         with t("lm_head"):
             logits = x @ head.T
+        _check_finite(logits, "the logits", "the final norm or the LM head overflowed float32")
         lm = step.parts["lm_head"]
         lm.ops += 2 * x.shape[0] * head.shape[0] * head.shape[1]
         lm.bytes += self.ckpt.lm_head().dtype.itemsize * head.size + 4 * logits.size

@@ -16,7 +16,6 @@ Every figure goes into docs/results.md between this benchmark's markers, with th
 the machine, and the plots into docs/img/ (next to the results file).
 """
 
-import argparse
 import json
 import math
 import sys
@@ -28,6 +27,7 @@ import numpy as np
 
 from compiler.nm import metadata_bits
 from compiler.tiling import unpack_results
+from rtl.cli import ArgumentParser
 from rtl.isa import NM_M, WeightEncoding, nm_bits_per_weight
 from rtl.params import scale_point
 from rtl.results import write_section
@@ -419,7 +419,7 @@ def write_results(path: Path, section: str) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sim.nm_bench",
+    ap = ArgumentParser(prog="python -m sim.nm_bench",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=None,
                     help="work directory for the accuracy checkpoints (default: a temporary one)")

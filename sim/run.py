@@ -9,8 +9,9 @@ work skipped. With --check each projection's results are compared bit for bit wi
 integer product.
 """
 
-import argparse
 import json
+import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -19,14 +20,22 @@ from pathlib import Path
 import numpy as np
 
 from compiler.artifact import Artifact, ArtifactError, LayerEntry
-from compiler.tiling import pack_activation_image, unpack_results, unpack_weight_image
-from rtl.isa import Counter, Status
+from compiler.tiling import (
+    pack_activation_image,
+    plan_projection,
+    unpack_results,
+    unpack_weight_image,
+)
+from rtl.cli import ArgumentParser
+from rtl.isa import Counter, Status, WeightEncoding
+from rtl.params import ArrayParams
 
 from .backend import Job, MemoryImage
 from .golden import ternary_matmul
 from .machine import Simulator
 
-__all__ = ["LayerReport", "run_artifact", "main", "make_backend"]
+__all__ = ["LayerReport", "run_artifact", "check_tokens", "program_bound", "main",
+           "make_backend", "stdout_closed"]
 
 DEFAULT_CLOCK_MHZ = 1000.0
 
@@ -77,6 +86,53 @@ def make_backend(name: str, params):
     raise ValueError(f"unknown backend {name!r}")
 
 
+def program_bound(params: ArrayParams, n: int, k: int, tokens: int, token_batch: int,
+                  encoding: WeightEncoding = WeightEncoding.BASE3, nm: int = 0) -> tuple:
+    """(instructions, exact) of an (n x k) projection's program for `tokens` tokens.
+
+    Cheap: it plans one token batch, never the whole program. Up to one batch the count is
+    exact; past it every batch repeats each row tile's k-tiles (a weight LOAD and a MATMUL
+    each, at least) and its STORE, and the program ends with HALT: a bound from below.
+    """
+    batch = min(tokens, token_batch)
+    plan = plan_projection(params, n, k, batch, encoding, token_batch=batch, nm=nm)
+    if tokens <= batch:
+        return len(plan.program), True
+    per_tile = 2 * math.ceil(k / plan.k_tile) + 1
+    return math.ceil(tokens / batch) * plan.n_tiles * per_tile + 1, False
+
+
+def check_tokens(art: Artifact, tokens: int, layers: list | None = None) -> None:
+    """Raise RunError if a projection's program for `tokens` tokens cannot fit program memory
+    (before anything is planned in full or run; see `program_bound`)."""
+    p = art.params
+    for layer in art.layers if layers is None else layers:
+        need, exact = program_bound(p, layer.n, layer.k, tokens, art.token_batch, art.encoding,
+                                    layer.nm)
+        if need > p.imem_depth:
+            raise RunError(too_many_tokens(layer.name, tokens, need, exact, p))
+
+
+def too_many_tokens(name: str, tokens: int, need: int, exact: bool, params: ArrayParams) -> str:
+    """The one-line refusal of a program longer than `params`' program memory."""
+    return (f"{name}: {tokens} token(s) need a program of {'' if exact else 'at least '}"
+            f"{need} instructions; the program memory of target {params.name} holds "
+            f"{params.imem_depth} (use fewer tokens)")
+
+
+def stdout_closed() -> int:
+    """After a BrokenPipeError on stdout (the reader went away, as in ``... | head -1``):
+    point stdout at /dev/null so that the flush at exit stays quiet; return exit status 1."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return 1                       # not a file (captured): nothing is flushed at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return 1
+
+
 def layer_job(art: Artifact, plan, program: list, x_q: np.ndarray, weights: np.ndarray,
               w_base: int = 0) -> Job:
     """The job for one projection: `weights` (word image) at `w_base`, `x_q` packed at the
@@ -98,6 +154,8 @@ def run_layer(art: Artifact, layer: LayerEntry, x_q: np.ndarray, backend,
     """Run one projection on `x_q` (tokens, k) int8; return (int32 results, LayerReport)."""
     p = art.params
     plan, program = art.program(layer, x_q.shape[0])
+    if len(program) > p.imem_depth:
+        raise RunError(too_many_tokens(layer.name, x_q.shape[0], len(program), True, p))
     result = backend.run([layer_job(art, plan, program, x_q, art.weights)])[0]
     if result.status != Status.DONE:
         raise RunError(f"{layer.name}: the accelerator stopped with {result.status.name} "
@@ -119,6 +177,9 @@ def run_artifact(art: Artifact, tokens: int = 1, backend="sim", seed: int = 0,
     `backend` is a name for `make_backend` or a backend already made (reused across calls,
     so the simulator's decoded weights stay cached).
     """
+    if not art.layers:
+        raise RunError(f"{art.path}: no projections to run")
+    check_tokens(art, tokens)
     be = make_backend(backend, art.params) if isinstance(backend, str) else backend
     rng = np.random.default_rng(seed)
     reports = []
@@ -164,7 +225,7 @@ def format_table(summary: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sim.run", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m sim.run", description=__doc__.split("\n")[0])
     ap.add_argument("artifact", type=Path, help="artifact directory from python -m compiler.lower")
     ap.add_argument("--backend", choices=["sim", "verilator"], default="sim",
                     help="cycle-accurate simulator (default) or the RTL under Verilator")
@@ -175,26 +236,36 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true",
                     help="compare every projection with the golden integer product")
     ap.add_argument("--layers", type=int, default=None, metavar="N",
-                    help="run only the first N projections")
+                    help="run only the first N projections (N >= 1)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     if args.tokens < 1:
-        ap.error("--tokens must be >= 1")
-    if args.clock_mhz <= 0:
-        ap.error("--clock-mhz must be > 0")
+        ap.error(f"--tokens must be >= 1, got {args.tokens}")
+    if not (math.isfinite(args.clock_mhz) and args.clock_mhz > 0):
+        ap.error(f"--clock-mhz must be a finite number > 0, got {args.clock_mhz:g}")
+    if args.layers is not None and args.layers < 1:
+        ap.error(f"--layers must be >= 1, got {args.layers}")
     try:
         art = Artifact.load(args.artifact)
         if args.layers is not None:
             art.layers = art.layers[:args.layers]
-        reports = run_artifact(art, args.tokens, args.backend, args.seed, args.check,
-                               progress=sys.stderr.isatty() and not args.json)
+        with np.errstate(all="ignore"):
+            reports = run_artifact(art, args.tokens, args.backend, args.seed, args.check,
+                                   progress=sys.stderr.isatty() and not args.json)
     except (ArtifactError, RunError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
     summary = summarize(reports, args.clock_mhz)
     summary.update(artifact=str(args.artifact), backend=args.backend,
                    target=art.params.name, encoding=art.encoding.name)
-    print(json.dumps(summary) if args.json else format_table(summary))
+    try:
+        print(json.dumps(summary, allow_nan=False) if args.json else format_table(summary))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return stdout_closed()
     if args.check and not summary["total"]["exact"]:
         print("error: results differ from the golden numerics", file=sys.stderr)
         return 1

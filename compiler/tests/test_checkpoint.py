@@ -546,6 +546,44 @@ def test_non_finite_float_weights(tmp_path, dtype, value, what):
                  repr(name), f"holds {what} at index (2, 3)")
 
 
+@pytest.mark.filterwarnings("error")          # no numpy RuntimeWarning may reach the user
+@pytest.mark.parametrize("fill, fragment", [
+    (slice(None), "the absmean scale of its weights (mean |W|) overflows float32"),
+    ((0, 0), "is too large: an output can reach gamma * 128 * k"),
+])
+def test_huge_float_weights_are_refused(tmp_path, fill, fragment):
+    d = build(tmp_path, packed=False, dtype="float32")
+
+    def edit(t):
+        w = t[Q0].copy()
+        w[fill] = 3e38
+        t[Q0] = w
+    rewrite_tensors(d / MODEL, edit)
+    ckpt = Checkpoint(d)
+    expect_error(lambda: ckpt.ternary(projection(ckpt, 0, "q_proj")), str(d / MODEL), repr(Q0),
+                 fragment)
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("linear_class, value", [("autobitlinear", 3e38),
+                                                 ("autobitlinear", 1e35),
+                                                 ("bitlinear", 1e-35)])
+def test_weight_scale_that_can_overflow_an_output_is_refused(tmp_path, linear_class, value):
+    d = build(tmp_path, linear_class=linear_class, dtype="float32")
+    poke(d / MODEL, Q0 + "_scale", (0,), value)
+    ckpt = Checkpoint(d)
+    expect_error(lambda: ckpt.ternary(projection(ckpt, 0, "q_proj")), str(d / MODEL),
+                 repr(Q0 + "_scale"), "too large", "* 128 * 64", "beyond float32")
+
+
+def test_largest_safe_weight_scale_is_read(tmp_path):
+    d = build(tmp_path, dtype="float32")
+    safe = np.float32(np.finfo(np.float32).max / (128 * 64) * 0.999)
+    poke(d / MODEL, Q0 + "_scale", (0,), safe)
+    ckpt = Checkpoint(d)
+    assert ckpt.ternary(projection(ckpt, 0, "q_proj"))[1] == safe
+
+
 @pytest.mark.parametrize("name, read", [
     ("model.embed_tokens.weight", lambda c: c.embedding()),
     ("model.embed_tokens.weight", lambda c: c.lm_head()),

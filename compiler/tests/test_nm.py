@@ -4,13 +4,15 @@ pass with calibration through the host model, the logit evaluation, and every re
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from compiler import nm
 from compiler.checkpoint import Checkpoint
-from compiler.synth import make_checkpoint
+from compiler.synth import make_checkpoint, write_safetensors
 from sim.golden import absmean_ternarize
 from sim.host import HostModel
 
@@ -308,7 +310,7 @@ def test_prune_replaces_an_earlier_output_and_leaves_nothing_on_failure(dense, t
         raise OSError("disk full")
 
     monkeypatch.setattr(nm, "write_streaming", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(nm.NMError, match="new: cannot be written \\(disk full\\)"):
         nm.prune(dense, tmp_path / "new", 4, CALIB)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
 
@@ -450,3 +452,81 @@ def test_cli_eval_refuses_mismatched_models_and_ids(dense, tmp_path, capsys):
     other = make_checkpoint(tmp_path / "demo", "demo", packed=False)
     expect_cli_error(capsys, "differs from the dense model", "eval", dense, other, "--ids", "1")
     expect_cli_error(capsys, "outside the vocabulary", "eval", dense, dense, "--ids", "1,999")
+
+
+# -- robustness -----------------------------------------------------------------------------------
+
+def test_long_inline_id_lists_are_ids_not_file_names(dense, tmp_path, capsys):
+    ids = ",".join(str(i % 200) for i in range(400))          # far past NAME_MAX (255)
+    assert nm.parse_ids(ids) == [[i % 200 for i in range(400)]]
+    assert nm.parse_ids(ids + ";" + ids, 256) == [[i % 200 for i in range(400)]] * 2
+    rc, out, err = run_cli(capsys, "eval", dense, dense, "--ids", ids, "--json")
+    assert rc == 0 and json.loads(out)["positions"] == 400
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ("1;;2", "empty sequence between semicolons"), ("1;2;", "empty sequence between semicolons"),
+    ("1,,2", "empty token id between commas"), (",1", "empty token id between commas"),
+    ("1,2,", "empty token id between commas"),
+])
+def test_empty_ids_are_refused(spec, fragment):
+    with pytest.raises(nm.NMError, match=fragment):
+        nm.parse_ids(spec)
+
+
+def test_empty_ids_in_a_file_are_refused(tmp_path):
+    (tmp_path / "ids.txt").write_text("1,2\n3,,4\n")
+    with pytest.raises(nm.NMError, match="ids.txt line 2: an empty token id between commas"):
+        nm.parse_ids(str(tmp_path / "ids.txt"))
+
+
+@pytest.mark.parametrize("extra", ["precious.txt", "model-00001-of-00002.safetensors"])
+def test_cli_replaces_only_its_own_output(dense, pruned, tmp_path, capsys, extra):
+    out = tmp_path / "o"
+    shutil.copytree(pruned[4][0], out)
+    (out / extra).write_text("keep me")
+    before = sorted(p.name for p in out.iterdir())
+    expect_cli_error(capsys, f"is not an earlier output of compiler.nm (it holds {extra})",
+                     dense, "--nm", "4:8", "--calib", "1,2", "--out", out)
+    assert sorted(p.name for p in out.iterdir()) == before
+    (out / extra).unlink()
+    (out / "nm.json").write_text("{}")                  # our file names, but not our nm.json
+    expect_cli_error(capsys, "is not an earlier output of compiler.nm", dense, "--nm", "4:8",
+                     "--calib", "1,2", "--out", out)
+    assert (out / "nm.json").read_text() == "{}"
+
+
+def test_cli_out_below_a_regular_file_or_holding_the_model(dense, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    expect_cli_error(capsys, f"{tmp_path / 'file'} is not a directory", dense, "--nm", "4:8",
+                     "--calib", "1,2", "--out", tmp_path / "file" / "x")
+    expect_cli_error(capsys, "holds the model directory", dense, "--nm", "4:8", "--calib",
+                     "1,2", "--out", dense.parent)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def _with_q0(dense, tmp_path, fill) -> Path:
+    model = tmp_path / "m"
+    shutil.copytree(dense, model)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    ckpt = Checkpoint(model)
+    tensors = {n: np.array(ckpt.read(n)) for n in ckpt.names()}
+    del ckpt
+    tensors[name] = np.full(tensors[name].shape, fill, tensors[name].dtype)
+    write_safetensors(model / "model.safetensors", tensors, {"format": "pt"})
+    return model
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("fill, fragment", [
+    (3e38, "absmean scale of its weights (mean |W|) overflows float32"),
+    (0.0, "it has no non-zero weight"),
+])
+def test_cli_names_the_tensor_it_cannot_store(dense, tmp_path, capsys, fill, fragment):
+    model = _with_q0(dense, tmp_path, fill)
+    rc, out, err = run_cli(capsys, model, "--nm", "4:8", "--calib", "1,2,3", "--out",
+                           tmp_path / "o")
+    assert rc == 2 and "\n" not in err.strip(), err
+    assert "tensor 'model.layers.0.self_attn.q_proj.weight'" in err and fragment in err
+    assert str(model / "model.safetensors") in err
+    assert not (tmp_path / "o").exists()

@@ -289,7 +289,7 @@ def test_manifest_nm_field_and_old_manifests(lowered, tmp_path):
     assert all(r.exact for r in run_artifact(art, tokens=2, check=True))
     manifest["layers"][0]["nm"] = 4
     mpath.write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="nm=4, not valid for BASE3"):
+    with pytest.raises(ArtifactError, match="nm=4 is not valid for BASE3"):
         Artifact.load(dense)
     sparse = tmp_path / "sparse"
     shutil.copytree(lowered["4:8"][0], sparse)
@@ -297,7 +297,7 @@ def test_manifest_nm_field_and_old_manifests(lowered, tmp_path):
     assert {e["nm"] for e in manifest["layers"]} == {4}
     manifest["layers"][3]["nm"] = 0
     (sparse / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="nm=0, not valid for NM"):
+    with pytest.raises(ArtifactError, match="nm=0 is not valid for NM"):
         Artifact.load(sparse)
 
 

@@ -1,7 +1,9 @@
 """Tests of compiler.synth: valid safetensors files, every tensor of a real model, determinism."""
 
+import errno
 import json
 import math
+import os
 import struct
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from safetensors import safe_open
 
 from compiler.checkpoint import PROJECTION_KINDS, Checkpoint, read_config
 from compiler.synth import SHAPES, make_checkpoint, write_safetensors
+from compiler.synth import main as synth_main
 
 ITEMSIZE = {"U8": 1, "BF16": 2, "F16": 2, "F32": 4, "I32": 4}
 
@@ -170,3 +173,47 @@ def test_bad_arguments(tmp_path, kw, fragment):
     with pytest.raises(ValueError, match=fragment):
         make_checkpoint(tmp_path / "m", **kw)
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("seed", [-1, True, 1.5])
+def test_bad_seed_writes_nothing(tmp_path, seed):
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        make_checkpoint(tmp_path / "m", "tiny", seed=seed)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_bad_seed_writes_nothing(tmp_path, capsys):
+    assert synth_main([str(tmp_path / "m"), "--seed", "-1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "error: seed must be an integer >= 0, got -1"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_full_disk_leaves_nothing(tmp_path, capsys, monkeypatch, shards):
+    import compiler.synth as synth
+    real = synth.write_streaming
+    old = make_checkpoint(tmp_path / "old", "tiny", seed=1)
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+
+    def full(path, specs, meta):
+        real(path, specs[:1], meta)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(synth, "write_streaming", full)
+    assert synth_main([str(tmp_path / "m"), "--shards", str(shards)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'm'}: cannot be written (No space left on device)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
+    assert synth_main([str(old), "--seed", "2"]) == 1           # the old one stays whole
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
+
+
+def test_refuses_to_replace_a_directory_with_other_files(tmp_path):
+    d = make_checkpoint(tmp_path / "m", "tiny")
+    (d / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="is not a checkpoint \\(it holds notes.txt\\)"):
+        make_checkpoint(d, "tiny", seed=1)
+    assert (d / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
