@@ -76,6 +76,10 @@ class ArrayParams:
         weight buffer's block RAMs). No cycle changes: a LOAD's consumers issue the cycle after
         it retires at the earliest, and read a cycle after that. It costs a flip-flop per bit
         of a buffer row.
+    held_fetch : the program memory (and its predecode) is read every cycle, and an instruction
+        waiting for its unit is held in flip-flops, instead of the memory holding it with its
+        read enable: no issue decision reaches a block RAM. No cycle changes. It costs a
+        flip-flop and a mux per bit of an instruction and its predecode (about 300 iCE40 cells).
     mem : timing of the external memory port.
     """
 
@@ -94,6 +98,7 @@ class ArrayParams:
     counter_bits: int = COUNTER_BITS
     registered_decode: bool = False
     registered_weight_write: bool = False
+    held_fetch: bool = False
     mem: MemTiming = field(default_factory=MemTiming)
 
     def __post_init__(self):
@@ -205,10 +210,11 @@ SCALE_POINTS = {
     # the lanes filled the other, but with its read and bypass muxes it cost 74 LUT4 per lane of
     # the 136 (the goal is 50); a STORE of 40 words against a MATMUL of k_len cycles costs less.
     # The base-3 tables are block RAM (registered_decode): the combinational decoder was its
-    # critical path, then the tables' route into the weight buffer (registered_weight_write).
+    # critical path, then the tables' route into the weight buffer (registered_weight_write),
+    # then the predecode block RAM into the issue decisions and back to its enable (held_fetch).
     "ecp5": ArrayParams(name="ecp5", port_bytes=32, token_lanes=2,
                         wbuf_rows=1024, abuf_rows=512, acc_groups=1, registered_decode=True,
-                        registered_weight_write=True),
+                        registered_weight_write=True, held_fetch=True),
     # The reference design: a 1024-bit port (128 B/cycle), 640 rows x 2 tokens = 1280 lanes.
     # 640 rows divide the 2B4T projection heights 2560 and 640 and tile 6912 at 98%.
     # It implements N:M structured sparse weights (rtl.isa NM) besides the dense encodings.

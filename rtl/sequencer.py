@@ -1,6 +1,6 @@
 """The dispatcher: fetch from program memory, decode the header, hand out to the unit queues."""
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -94,10 +94,28 @@ class Dispatcher(wiring.Component):
                      wp.data.eq(self.imem_data), predecoder.instr.eq(self.imem_data),
                      wp_pre.en.eq(pre_we), wp_pre.addr.eq(pre_addr), wp_pre.data.eq(pre_q)]
         advance = Signal()
-        # The read ports hold their data while not enabled, so a stalled instruction stays put.
-        rp, instr = read_port(m, imem, en=self.start | advance)
-        rp_pre = pmem.read_port(transparent_for=(wp_pre,))
-        m.d.comb += [rp_pre.en.eq(self.start | advance), rp_pre.addr.eq(rp.addr)]
+        if p.held_fetch:
+            # The memories read every cycle, at pc + 1 (or 0 at start), and the instruction
+            # being decoded is the word read last cycle after an advance, else a copy held in
+            # flip-flops: no issue decision reaches a block RAM's enable or address.
+            rp, fetched = read_port(m, imem)
+            rp_pre = pmem.read_port(transparent_for=(wp_pre,))
+            # The last cycle started or advanced (`start` resets this module: to 1).
+            moved = Signal(init=1)
+            held = Signal.like(fetched, reset_less=True)
+            held_pre = Signal(pre_layout.size, reset_less=True)
+            instr, pre_word = Signal.like(fetched), Signal(pre_layout.size)
+            m.d.sync += [moved.eq(self.start | advance), held.eq(instr), held_pre.eq(pre_word)]
+            m.d.comb += [instr.eq(Mux(moved, fetched, held)),
+                         pre_word.eq(Mux(moved, rp_pre.data, held_pre))]
+        else:
+            # The read ports hold their data while not enabled, so a stalled instruction stays
+            # put.
+            rp, instr = read_port(m, imem, en=self.start | advance)
+            rp_pre = pmem.read_port(transparent_for=(wp_pre,))
+            m.d.comb += rp_pre.en.eq(self.start | advance)
+            pre_word = rp_pre.data
+        m.d.comb += rp_pre.addr.eq(rp.addr)
 
         # pc + 1 and "pc is the last address" are registers, so that `advance` (the units'
         # issue decisions) only selects the next read address.
@@ -105,7 +123,7 @@ class Dispatcher(wiring.Component):
         # (Their initial values are what `start`, which also resets this module, sets.)
         pc_next = Signal(PC_BITS, init=1)
         last = Signal(init=p.imem_depth == 1)
-        pre = data.View(pre_layout, rp_pre.data)
+        pre = data.View(pre_layout, pre_word)
         m.d.comb += [self.instr.eq(instr), self.pc.eq(pc),
                      self.unit_err.eq(pre.unit_err), self.unit_bad.eq(pre.bad),
                      self.refuse0.eq(pre.refuse0), self.single.eq(pre.single)]

@@ -31,7 +31,7 @@ CONFIGS = {
 #: on it (`test_lockstep.py`).
 HELD2 = ArrayParams(name="held2", port_bytes=4, token_lanes=2, wbuf_rows=64, abuf_rows=64,
                     acc_groups=1, queue_depth=2, loads_in_flight=2, imem_depth=2048,
-                    registered_decode=True, registered_weight_write=True,
+                    registered_decode=True, registered_weight_write=True, held_fetch=True,
                     mem=MemTiming(read_latency=3))
 
 

@@ -5,6 +5,7 @@ and `drained` (and, in one test, `run`); this module predicts every cycle's `dis
 `pc`, `halted`, `stall` and `error` and checks the in-order, exactly-once hand-out directly too.
 """
 
+import dataclasses
 import random
 import time
 
@@ -19,6 +20,9 @@ from .verilator import build, run_cocotb
 TOPLEVEL = "dispatcher"
 PARAMS = ArrayParams(name="t", port_bytes=4, token_lanes=2, wbuf_rows=64, abuf_rows=64,
                      acc_groups=8, imem_depth=64)
+#: The same with the program memory read every cycle and a waiting instruction held in
+#: flip-flops (`ArrayParams.held_fetch`), which must not change a cycle.
+HELD = dataclasses.replace(PARAMS, name="t-held", held_fetch=True)
 DEPTH = PARAMS.imem_depth
 SEEDS = range(1, 5)
 FLAG_BIT = {f.name: f.lsb for f in FORMATS[Opcode.HALT] if f.name != "opcode"}
@@ -31,12 +35,13 @@ LEGAL_FLAGS = {
 }
 
 
-@pytest.fixture(scope="module")
-def dispatcher():
-    """Build Dispatcher(PARAMS) with Verilator once for this module."""
+@pytest.fixture(scope="module", params=[PARAMS, HELD], ids=lambda p: p.name)
+def dispatcher(request):
+    """Build Dispatcher(params) with Verilator once for this module."""
+    params = request.param
     t = time.monotonic()
-    runner, bdir = build(Dispatcher(PARAMS), f"dispatcher-{PARAMS.name}", toplevel=TOPLEVEL)
-    print(f"\nDispatcher({PARAMS.name}) Verilator build: {time.monotonic() - t:.1f} s")
+    runner, bdir = build(Dispatcher(params), f"dispatcher-{params.name}", toplevel=TOPLEVEL)
+    print(f"\nDispatcher({params.name}) Verilator build: {time.monotonic() - t:.1f} s")
     return runner, bdir
 
 

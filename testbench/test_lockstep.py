@@ -4,6 +4,8 @@ Planned projections must also equal the golden numerics; malformed programs must
 expected error at the expected pc, identically on both.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -25,9 +27,13 @@ def check_lockstep(cases, rtl, sim):
     """Run `cases` on both backends; assert identical results and the expected outcome.
 
     On a failure the failing job is rerun with tracing and the waveform's path is reported.
+    The RTL gets twice the simulator's cycles (and 1,000 more) per job, so a design that stops
+    making progress fails in seconds rather than after the backend's own bound.
     """
-    got = rtl.run([c.job for c in cases])
     want = sim.run([c.job for c in cases])
+    got = rtl.run([c.job if c.job.max_cycles is not None or s.timeout else
+                   dataclasses.replace(c.job, max_cycles=2 * s.counters[Counter.CYCLES.name] + 1000)
+                   for c, s in zip(cases, want)])
     for case, r, s in zip(cases, got, want):
         try:
             check_case(case, r, s)
