@@ -154,9 +154,17 @@ class Chip(wiring.Component):
         m.d.comb += [rx.rx.eq(self.uart_rx), self.uart_tx.eq(tx.tx)]
         wiring.connect(m, rx.stream, link.rx)
         wiring.connect(m, link.tx, tx.stream)
+        if chip.registered_program_write:
+            # A program word goes into a register beside the accelerator and is written the next
+            # cycle: the link's route across the die and the predecoder's carry chains were one
+            # path. A START frame follows a write frame's last word by thousands of cycles.
+            we, addr, word = Signal(), Signal.like(link.imem_addr), Signal.like(link.imem_data)
+            m.d.sync += [we.eq(link.imem_we), addr.eq(link.imem_addr), word.eq(link.imem_data)]
+        else:
+            we, addr, word = link.imem_we, link.imem_addr, link.imem_data
         m.d.comb += [
-            acc.imem_we.eq(link.imem_we), acc.imem_addr.eq(link.imem_addr),
-            acc.imem_data.eq(link.imem_data), acc.start.eq(link.start),
+            acc.imem_we.eq(we), acc.imem_addr.eq(addr), acc.imem_data.eq(word),
+            acc.start.eq(link.start),
             link.status.eq(acc.status), link.error.eq(acc.error),
             link.error_pc.eq(acc.error_pc),
             link.counters.eq(acc.counters),

@@ -5,6 +5,7 @@ Everything that sizes the hardware or times it lives here, once. The RTL elabora
 depth is never written twice. Like `rtl.isa`, it never elaborates hardware.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from .isa import (
@@ -256,6 +257,9 @@ class ChipParams:
         instruction.
     link_timeout_bits : bit times of silence that end a frame early (the engine then replies
         TIMEOUT) or end a bad frame being discarded.
+    registered_program_write : program words pass through a register on their way from the
+        link to the accelerator's program memory (a flip-flop per instruction bit; no effect
+        on the protocol, whose START follows a write by thousands of cycles).
     """
 
     name: str
@@ -265,6 +269,7 @@ class ChipParams:
     baud: int
     link_buffer_bytes: int = 256
     link_timeout_bits: int = 10_000
+    registered_program_write: bool = False
 
     def __post_init__(self):
         from .isa import INSTR_BITS
@@ -306,13 +311,13 @@ CHIPS = {
     "icebreaker": ChipParams(name="icebreaker", array=SCALE_POINTS["tiny"], mem_words=32768,
                              clk_hz=27_000_000, baud=1_000_000),
     # ULX3S: ECP5-85F, 128 KB of block RAM beside the accelerator's own buffers. The chip
-    # takes 29% of the logic; with the memory's read data registered and the zero count in two
-    # stages its paths reach 58 MHz (docs/results.md), so the PLL makes 50 MHz from the 25 MHz
-    # oscillator. 150 MHz needs every block RAM output registered (the base-3 tables into the
-    # weight buffer are the critical path now), pipelined control, and lane controls
-    # registered near the rows.
+    # takes 29% of the logic; with every block RAM output registered before the decoder, the
+    # weight buffer and the issue decisions, its paths reach 63-67 MHz (docs/results.md), so
+    # the PLL makes 60 MHz from the 25 MHz oscillator. 150 MHz needs the control pipelined
+    # (the zero count's sum, the predecoder, the issue decisions each span about 15 ns now)
+    # and lane controls registered near the rows.
     "ulx3s": ChipParams(name="ulx3s", array=SCALE_POINTS["ecp5"], mem_words=4096,
-                        clk_hz=50_000_000, baud=1_000_000),
+                        clk_hz=60_000_000, baud=1_000_000, registered_program_write=True),
 }
 
 
@@ -327,6 +332,5 @@ def chip_params(name: str) -> ChipParams:
 def sim_chip(chip: ChipParams, divisor: int = 4, timeout_bits: int = 64) -> ChipParams:
     """The same chip with a fast UART (`divisor` cycles per bit) and a short frame timeout,
     for simulation: every other parameter, and so the logic, is the board's."""
-    return ChipParams(name=f"{chip.name}-sim", array=chip.array, mem_words=chip.mem_words,
-                      clk_hz=chip.baud * divisor, baud=chip.baud,
-                      link_buffer_bytes=chip.link_buffer_bytes, link_timeout_bits=timeout_bits)
+    return dataclasses.replace(chip, name=f"{chip.name}-sim", clk_hz=chip.baud * divisor,
+                               link_timeout_bits=timeout_bits)

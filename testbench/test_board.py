@@ -6,6 +6,7 @@ compiled projections end to end, every kind of bad frame, refused requests while
 device error. The fast tests below need no simulator.
 """
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -121,6 +122,10 @@ def _error_program() -> list:
 
 @pytest.fixture(scope="module")
 def board_run(tmp_path_factory):
+    return _board_run(CHIP, tmp_path_factory)
+
+
+def _board_run(chip, tmp_path_factory):
     from rtl.chip import Chip
 
     from .verilator import build, run_cocotb
@@ -130,13 +135,13 @@ def board_run(tmp_path_factory):
     art = Artifact.load(tmp / "art")
     # An attention and an FFN projection (different n and k).
     names = [art.layers[0].name, next(e.name for e in art.layers if e.n != e.k)]
-    runner, bdir = build(Chip(CHIP), f"chip-{CHIP.name}", toplevel="ternary_chip")
+    runner, bdir = build(Chip(chip), f"chip-{chip.name}", toplevel="ternary_chip")
     frames = [encode_frame(Command.WRITE_MEM, _addr(GUARD_ADDR) + OTHER[:P]),
               encode_frame(Command.READ_MEM, _addr(GUARD_ADDR) + (1).to_bytes(2, "little")),
               encode_frame(Command.WRITE_IMEM, _addr(0) + bytes(16)),
               encode_frame(Command.START)]
     spec = {
-        "chip": {"uart_divisor": CHIP.uart_divisor, "baud": CHIP.baud, "clock_ns": 10},
+        "chip": {"uart_divisor": chip.uart_divisor, "baud": chip.baud, "clock_ns": 10},
         "timeout": 0.01, "artifact": str(tmp / "art"), "projections": names, "tokens": 2,
         "seed": 3,
         "guard": {"addr": GUARD_ADDR, "data": GUARD.hex()},
@@ -159,6 +164,16 @@ def test_projections_run_bit_exact_over_uart(board_run):
     for r in reps + [board_run["after"]]:
         assert r["exact"], r
         assert r["cycles"] > r["k"], r
+
+
+def test_registered_program_write_runs_bit_exact(tmp_path_factory):
+    # The ULX3S chip's register between the link and the program memory
+    # (`ChipParams.registered_program_write`), on the small chip: the same frames and runs.
+    chip = dataclasses.replace(CHIP, name=f"{CHIP.name}-regprog", registered_program_write=True)
+    run = _board_run(chip, tmp_path_factory)
+    for r in run["projections"] + [run["after"]]:
+        assert r["exact"], r
+    assert run["busy_final"]["status"] == Status.DONE
 
 
 def test_ping_identifies_the_build(board_run):
