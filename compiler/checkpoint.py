@@ -513,6 +513,9 @@ class Checkpoint:
             raise _fail(index, "has no weight_map mapping tensor names to shard files")
         shards: dict[str, _SafetensorsFile] = {}
         for name, shard in wmap.items():
+            # Hugging Face shards sit beside their index: a bare file name, never a path.
+            if Path(shard).name != shard or shard in ("", ".", ".."):
+                raise _fail(index, f"shard {shard!r} is not a file name beside the index", name)
             if shard not in shards:
                 file = index.parent / shard
                 if not file.is_file():

@@ -621,6 +621,20 @@ def test_index_points_at_missing_shard(tmp_path):
                  "does not exist")
 
 
+@pytest.mark.parametrize("where", ["../{}", "sub/{}", "/tmp/{}"])
+def test_index_shard_outside_the_directory_is_refused(tmp_path, where):
+    # A shard elsewhere, holding the right tensors: the index may only name files beside it.
+    d = build(tmp_path / "model", shards=3)
+    shard = "model-00001-of-00003.safetensors"
+    target = Path(where.format(shard))
+    outside = (d / target) if not target.is_absolute() else tmp_path / "abs" / shard
+    outside.parent.mkdir(parents=True, exist_ok=True)
+    outside.write_bytes((d / shard).read_bytes())
+    name = str(outside) if target.is_absolute() else str(target)
+    index = edit_index(d, lambda m: m.update({k: name for k, v in m.items() if v == shard}))
+    expect_error(d, str(index), f"shard {name!r} is not a file name beside the index")
+
+
 def test_index_maps_tensor_to_shard_without_it(tmp_path):
     d = build(tmp_path, shards=3)
     name = "model.norm.weight"
