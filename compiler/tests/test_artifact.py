@@ -5,8 +5,6 @@ existing directory is replaced only when it is an artifact this tool wrote, and 
 way (a full disk, SIGTERM) leaves neither a partial artifact nor a temporary directory.
 """
 
-import errno
-import io
 import json
 import math
 import os
@@ -20,6 +18,7 @@ from compiler import lower as lower_mod
 from compiler.artifact import FILES, Artifact, ArtifactError
 from compiler.lower import lower
 from compiler.synth import make_checkpoint
+from compiler.tests.full_disk import fill_disk
 
 
 @pytest.fixture(scope="module")
@@ -237,24 +236,8 @@ def test_output_below_a_regular_file(model, tmp_path, capsys):
     assert leftovers(tmp_path) == []
 
 
-class _FullDisk(io.RawIOBase):
-    def writable(self):
-        return True
-
-    def write(self, b):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
 def test_full_disk_leaves_no_temporary_directory(model, tmp_path, capsys, monkeypatch):
-    real_open = open
-
-    def open_on_full_disk(path, mode="r", *args, **kw):
-        if "w" in mode and str(path).endswith(".bin"):
-            real_open(path, mode).close()
-            return io.BufferedWriter(_FullDisk())
-        return real_open(path, mode, *args, **kw)
-
-    monkeypatch.setattr(artifact_mod, "open", open_on_full_disk, raising=False)
+    fill_disk(monkeypatch)
     rc, err = lowered(model, tmp_path / "art", capsys)
     assert rc == 2 and "\n" not in err
     assert f"{tmp_path / 'art'}: cannot be written (No space left on device)" in err

@@ -4,7 +4,6 @@ Every CLI runs in-process (`main(argv)`); usage errors leave through `ap.error` 
 """
 
 import errno
-import io
 import json
 import os
 import sys
@@ -13,10 +12,10 @@ import warnings
 import numpy as np
 import pytest
 
-from compiler import artifact as artifact_mod
 from compiler.artifact import Artifact
 from compiler.lower import lower
 from compiler.synth import make_checkpoint
+from compiler.tests.full_disk import fill_disk
 from sim import host
 from sim.board import main as board_main
 from sim.demo import main as demo_main
@@ -173,22 +172,7 @@ def test_generate_logits_full_disk(model, tmp_path, capsys, monkeypatch):
 def test_generate_artifact_cache_full_disk(fresh_model, capsys, monkeypatch):
     # The disk fills while the compiler writes the cache's weight image: one line naming the
     # cache, and nothing left in the model directory (`ArtifactWriter` removes its staging).
-    real_open = open
-
-    class FullDisk(io.RawIOBase):
-        def writable(self):
-            return True
-
-        def write(self, b):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def open_on_full_disk(path, mode="r", *args, **kw):
-        if "w" in mode and str(path).endswith(".bin"):
-            real_open(path, mode).close()
-            return io.BufferedWriter(FullDisk())
-        return real_open(path, mode, *args, **kw)
-
-    monkeypatch.setattr(artifact_mod, "open", open_on_full_disk, raising=False)
+    fill_disk(monkeypatch)
     before = sorted(p.name for p in fresh_model.iterdir())
     rc = run_cli(generate_main, [fresh_model, "--prompt-ids", "1,2", "--target", TARGET])
     cache = host.artifact_dir(fresh_model, TARGET)
