@@ -23,22 +23,28 @@ from .programs import (
 )
 
 
+def bounded(jobs, want):
+    """`jobs` for the RTL, each given twice the simulator's cycles for it (`want`) and 1,000
+    more: a design that stops making progress fails in seconds, and its waveform stays small,
+    rather than running to the backend's own bound of millions of cycles."""
+    return [j if j.max_cycles is not None or s.timeout else
+            dataclasses.replace(j, max_cycles=2 * s.counters[Counter.CYCLES.name] + 1000)
+            for j, s in zip(jobs, want)]
+
+
 def check_lockstep(cases, rtl, sim):
     """Run `cases` on both backends; assert identical results and the expected outcome.
 
     On a failure the failing job is rerun with tracing and the waveform's path is reported.
-    The RTL gets twice the simulator's cycles (and 1,000 more) per job, so a design that stops
-    making progress fails in seconds rather than after the backend's own bound.
     """
     want = sim.run([c.job for c in cases])
-    got = rtl.run([c.job if c.job.max_cycles is not None or s.timeout else
-                   dataclasses.replace(c.job, max_cycles=2 * s.counters[Counter.CYCLES.name] + 1000)
-                   for c, s in zip(cases, want)])
-    for case, r, s in zip(cases, got, want):
+    jobs = bounded([c.job for c in cases], want)
+    got = rtl.run(jobs)
+    for case, job, r, s in zip(cases, jobs, got, want):
         try:
             check_case(case, r, s)
         except AssertionError as e:
-            raise AssertionError(f"{e}\nwaveform: {record_waves(rtl.params, case.job)}") from None
+            raise AssertionError(f"{e}\nwaveform: {record_waves(rtl.params, job)}") from None
     return got
 
 
@@ -96,7 +102,8 @@ def test_colliding_errors_lockstep(config, rtl, sim):
 def test_fuzzed_programs_lockstep(config, rtl, sim, seed):
     """Random instruction streams: identical status, trace and timing counters."""
     jobs = [fuzz_job(config, 100 * seed + i) for i in range(6)]
-    for i, (r, s) in enumerate(zip(rtl.run(jobs), sim.run(jobs))):
+    want = sim.run(jobs)
+    for i, (r, s) in enumerate(zip(rtl.run(bounded(jobs, want)), want)):
         where = f"seed {100 * seed + i}"
         assert not r.timeout, f"{where}: the RTL hung"
         for name in ("status", "error", "error_pc"):
