@@ -31,7 +31,7 @@ from rtl.isa import INSTR_BITS, NM_MAX_N, NM_MIN_N, WeightEncoding
 from rtl.params import ArrayParams, MemTiming
 
 from .checkpoint import PROJECTION_KINDS
-from .tiling import Plan, plan_projection
+from .tiling import Plan, plan_projection, weight_words
 
 __all__ = ["FORMAT", "VERSION", "FILES", "ArtifactError", "Artifact", "LayerEntry",
            "ArtifactWriter", "params_to_json", "params_from_json", "check_replaceable",
@@ -229,6 +229,10 @@ def _check_manifest(manifest) -> dict:
                 else e["nm"] == 0):
             raise _ManifestError(f"{where}: nm={e['nm']!r} is not valid for {encoding.name} "
                                  f"weights")
+        words = weight_words(m["target"], e["n"], e["k"], encoding, e["nm"])
+        if e["w_words"] != words:
+            raise _ManifestError(f"{where}: w_words {e['w_words']}, but a {e['n']} x {e['k']} "
+                                 f"projection takes {words} words at this target")
     mem = m["memory"]
     for i, e in enumerate(m["layers"]):
         if e["w_offset"] + e["w_words"] > mem["weights_words"]:

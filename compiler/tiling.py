@@ -42,7 +42,7 @@ from rtl.params import OUT_BYTES, ArrayParams
 
 __all__ = ["Plan", "plan_projection", "pack_weight_image", "pack_activation_image",
            "unpack_results", "unpack_weight_image", "pack_words", "DECODE_K_TILE",
-           "PREFILL_K_TILE"]
+           "PREFILL_K_TILE", "rows_per_tile", "tile_words", "weight_words"]
 
 
 #: Columns per k-tile unless the buffers or the activation alignment say otherwise. Decode
@@ -55,6 +55,23 @@ PREFILL_K_TILE = 256
 
 def _ceil(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def rows_per_tile(params: ArrayParams, encoding: WeightEncoding, nm: int = 0) -> int:
+    """Output rows one row tile covers: the rows one weight word reaches."""
+    return params.nm_rows if nm else TRITS_PER_BYTE[WeightEncoding(encoding)] * params.port_bytes
+
+
+def tile_words(k: int, nm: int = 0) -> int:
+    """Weight words of one row tile of a k-column projection: one per column, or with N:M
+    two per slot row, N slot rows per group of NM_M columns (the last one zero-padded)."""
+    return _ceil(k, NM_M) * nm * NM_WORDS_PER_ROW if nm else k
+
+
+def weight_words(params: ArrayParams, n: int, k: int, encoding: WeightEncoding,
+                 nm: int = 0) -> int:
+    """Words of an (n x k) projection's weight image at `params`."""
+    return _ceil(n, rows_per_tile(params, encoding, nm)) * tile_words(k, nm)
 
 
 @dataclass(frozen=True)
@@ -91,13 +108,11 @@ class Plan:
     @property
     def tile_words(self) -> int:
         """Weight words of one row tile: one per column, or two per slot row with N:M."""
-        if self.nm:
-            return self.nm_groups * self.nm * NM_WORDS_PER_ROW
-        return self.k
+        return tile_words(self.k, self.nm)
 
     @property
     def w_words(self) -> int:
-        return self.n_tiles * self.tile_words
+        return weight_words(self.params, self.n, self.k, self.encoding, self.nm)
 
     @property
     def x_group_words(self) -> int:
@@ -152,7 +167,7 @@ def plan_projection(params: ArrayParams, n: int, k: int, tokens: int,
         raise ValueError(f"empty projection: n={n} k={k} tokens={tokens}")
     if k > p.max_k:
         raise ValueError(f"k={k} exceeds the accumulator's proven range (max_k={p.max_k})")
-    rows_per_tile = p.nm_rows if nm else TRITS_PER_BYTE[encoding] * p.port_bytes
+    rows = rows_per_tile(p, encoding, nm)
     slots = slots or (4 if p.wbuf_rows >= 16 else 2)
     # k-tiles start on word boundaries of the activation image (with N:M, a multiple of NM_M:
     # the NM encoding needs port_bytes >= NM_M * token_lanes).
@@ -183,11 +198,11 @@ def plan_projection(params: ArrayParams, n: int, k: int, tokens: int,
     if k_tile % k_align or k_tile > max_kt:
         raise ValueError(f"k_tile={k_tile} must be a multiple of {k_align} and <= {max_kt}")
 
-    plan = Plan(p, n, k, tokens, encoding, rows_per_tile, k_tile, token_batch, slots,
+    plan = Plan(p, n, k, tokens, encoding, rows, k_tile, token_batch, slots,
                 w_base, 0, 0, (), nm)
     x_base = w_base + plan.w_words if x_base is None else x_base
     y_base = x_base + plan.x_words if y_base is None else y_base
-    plan = Plan(p, n, k, tokens, encoding, rows_per_tile, k_tile, token_batch, slots,
+    plan = Plan(p, n, k, tokens, encoding, rows, k_tile, token_batch, slots,
                 w_base, x_base, y_base, (), nm)
     return Plan(**{**plan.__dict__, "program": tuple(_schedule(plan, halt))})
 

@@ -107,6 +107,8 @@ def _del(*path):
     (_set("layers", 0, "k", 64.0), "layers[0].k must be an integer >= 1"),
     (_set("layers", 0, "n", -64), "layers[0].n must be an integer >= 1"),
     (_set("layers", 0, "w_words", 0), "layers[0].w_words must be an integer >= 1"),
+    (_set("layers", 0, "n", 1000), "projection takes"),      # w_words no longer fits n
+    (_set("layers", 0, "k", 1000), "projection takes"),
     (_set("layers", 0, "zeros", "x"), "layers[0].zeros must be an integer >= 0"),
     (_set("layers", 0, "zeros", 10**9), "zeros 1000000000 is more than its n * k"),
     (_set("layers", 0, "layer", False), "layers[0].layer must be an integer"),
