@@ -26,6 +26,7 @@ on a buffer get exact timing but unspecified data, in hardware as here.
 
 import bisect
 from collections import deque
+from typing import NamedTuple
 
 import numpy as np
 
@@ -57,7 +58,7 @@ from rtl.params import ArrayParams
 from .backend import Job, MemoryImage, RunResult
 from .golden import nm_slot_fields, unpack_trits
 
-__all__ = ["Simulator"]
+__all__ = ["Simulator", "DueError"]
 
 _ADDR_MASK = (1 << 32) - 1
 _NEVER = 1 << 62
@@ -659,13 +660,32 @@ class Simulator:
         return [self.run_one(j) for j in jobs]
 
     def run_one(self, job: Job) -> RunResult:
+        return self.run_with_errors(job)[0]
+
+    def run_with_errors(self, job: Job) -> tuple:
+        """Run `job`; return its RunResult and every error that fell due in the run, in the
+        order they were found, as `DueError`s. The one reported is the one of the lowest
+        priority in its cycle; the others show which errors collided (testbench/programs.py
+        builds its colliding-error cases from them)."""
         if job.mode != "lockstep":
             raise ValueError("the simulator models the lockstep memory only")
         if self.cache is not None:
             for region in job.memory.regions.values():
                 if not region.flags.writeable:
                     self.cache.keep[_data_address(region)] = region
-        return _Run(self.params, job, self.cache).run()
+        run = _Run(self.params, job, self.cache)
+        result = run.run()
+        return result, [DueError(*e) for e in run.errors]
+
+
+class DueError(NamedTuple):
+    """An error that fell due in a run: its cycle (counted from the first RUNNING cycle, 0),
+    its priority within the cycle (as rtl/top.py resolves it; lower wins), code and pc."""
+
+    cycle: int
+    priority: int
+    code: ErrorCode
+    pc: int
 
 
 #: Without a job limit the simulator runs until the 40-bit cycle counter would wrap.

@@ -32,7 +32,7 @@ from rtl.isa import (
 from rtl.params import ArrayParams
 from sim.backend import Job, MemoryImage, projection_job
 from sim.golden import pack_trits, ternary_matmul
-from sim.machine import _Run  # for the errors that fell due, not only the one reported
+from sim.machine import Simulator
 
 __all__ = ["Case", "projection_case", "projection_cases", "special_cases", "fuzz_job",
            "error_cases", "colliding_error_cases", "nm_words", "nm_case"]
@@ -414,10 +414,9 @@ def colliding_error_cases(params: ArrayParams) -> list:
     for name, head in heads.items():
         for filler, n in ((f, n) for f in fillers for n in range(64)):
             job = Job(head + [filler] * n + [0xF], bad, max_cycles=50_000)
-            run = _Run(p, job)
-            r = run.run()
-            last = [e for e in run.errors if e[0] == r.counters["CYCLES"] - 1]
-            if len({e[1] for e in last}) >= 2:
+            r, due = Simulator(p).run_with_errors(job)
+            last = [e for e in due if e.cycle == r.counters["CYCLES"] - 1]
+            if len({e.priority for e in last}) >= 2:
                 cases.append(Case(name, job, error=r.error, error_pc=r.error_pc,
                                   stale_accumulators=isinstance(filler, Store)))
                 break
