@@ -35,7 +35,7 @@ from .tiling import Plan, plan_projection, weight_words
 
 __all__ = ["FORMAT", "VERSION", "FILES", "ArtifactError", "Artifact", "LayerEntry",
            "ArtifactWriter", "params_to_json", "params_from_json", "check_replaceable",
-           "stage_directory", "commit_directory", "os_errors"]
+           "stage_directory", "commit_directory", "write_directory", "has_format", "os_errors"]
 
 FORMAT = "ternary-accel-artifact"
 VERSION = 1
@@ -375,13 +375,20 @@ def _sha256(path: Path) -> str:
 # temporary sibling and rename it into place, and replace an existing directory only when it
 # holds nothing but their own output: a mistyped -o never costs the user a file.
 
-def _problem(path: Path, e: OSError) -> str:
-    """One line for an OSError met while creating or writing `path`."""
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing ancestor of `path` when it is not a directory (so `path` cannot be
+    created), else None."""
     for up in (path, *path.parents):
         if up.exists() or up.is_symlink():
-            if up != path and not up.is_dir():
-                return f"{path}: cannot be created: {up} is not a directory"
-            break
+            return up if up != path and not up.is_dir() else None
+    return None
+
+
+def _problem(path: Path, e: OSError) -> str:
+    """One line for an OSError met while creating or writing `path`."""
+    up = _file_above(path)
+    if up is not None:
+        return f"{path}: cannot be created: {up} is not a directory"
     return f"{path}: cannot be written ({e.strerror or e})"
 
 
@@ -401,9 +408,9 @@ def check_replaceable(dest: Path, owns: Callable[[str], bool], what: str,
     recognizes as `what`."""
     dest = Path(dest)
     if not dest.exists() and not dest.is_symlink():
-        for up in dest.parents:
-            if up.exists() and not up.is_dir():
-                raise error(f"{dest}: cannot be created: {up} is not a directory")
+        up = _file_above(dest)
+        if up is not None:
+            raise error(f"{dest}: cannot be created: {up} is not a directory")
         return
     if dest.is_symlink() or not dest.is_dir():
         kind = "a symbolic link" if dest.is_symlink() else "not a directory"
@@ -461,13 +468,36 @@ def commit_directory(tmp: Path, dest: Path, error: type[Exception]) -> Path:
     return dest
 
 
-def is_artifact(path: Path) -> bool:
-    """True when `path` holds a manifest.json of this format (however damaged the rest)."""
+def write_directory(dest: Path, fill: Callable[[Path], None], recheck: Callable[[], None],
+                    error: type[Exception]) -> Path:
+    """Build `dest` with `fill(tmp)` in a temporary sibling, call `recheck()` (the destination
+    may have changed meanwhile), then rename it into place (`commit_directory`); on any
+    failure the temporary directory is removed and nothing else is touched."""
+    dest = Path(dest)
+    tmp = stage_directory(dest, error)
     try:
-        manifest = json.loads((Path(path) / MANIFEST).read_text())
+        with os_errors(dest, error):
+            fill(tmp)
+        recheck()
+        return commit_directory(tmp, dest, error)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def has_format(path: Path, name: str, fmt: str) -> bool:
+    """True when `path`/`name` is a JSON object whose "format" is `fmt` (the marker of a
+    directory this project wrote, however damaged the rest)."""
+    try:
+        doc = json.loads((Path(path) / name).read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+    return isinstance(doc, dict) and doc.get("format") == fmt
+
+
+def is_artifact(path: Path) -> bool:
+    """True when `path` holds a manifest.json of this format (however damaged the rest)."""
+    return has_format(path, MANIFEST, FORMAT)
 
 
 def check_artifact_destination(dest: Path) -> None:

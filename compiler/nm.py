@@ -86,7 +86,7 @@ from rtl.isa import NM_M
 from sim.golden import absmean_ternarize
 from sim.host import HostError, HostModel
 
-from .artifact import check_replaceable, commit_directory, os_errors, stage_directory
+from .artifact import check_replaceable, has_format, write_directory
 from .checkpoint import CONFIG_FILE, SINGLE_FILE, Checkpoint, CheckpointError, Projection
 from .lower import Progress
 from .synth import TensorSpec, write_streaming
@@ -459,14 +459,6 @@ def _bits(n: int, m: int, binary: bool) -> dict:
             "metadata_bits": metadata_bits(n, m)}
 
 
-def _is_nm_output(path: Path) -> bool:
-    try:
-        doc = json.loads((path / NM_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(doc, dict) and doc.get("format") == FORMAT
-
-
 def _check_out(out: Path, model_dir: Path) -> None:
     """Refuse an output directory that is or holds the model, or holds anything but an earlier
     output of this pass (only its files, with an nm.json of this format)."""
@@ -475,7 +467,7 @@ def _check_out(out: Path, model_dir: Path) -> None:
     if model_dir.resolve().is_relative_to(out.resolve()):
         raise NMError(f"{out}: holds the model directory {model_dir}; refusing to replace it")
     check_replaceable(out, OUT_FILES.__contains__, "an earlier output of compiler.nm",
-                      _is_nm_output, NMError)
+                      lambda d: has_format(d, NM_FILE, FORMAT), NMError)
 
 
 def prune(model_dir: Path, out: Path, nm: int | None, sequences: Sequence[Sequence[int]],
@@ -598,16 +590,12 @@ def _write(ckpt: Checkpoint, model_dir: Path, out: Path, encoded: dict[str, Enco
         text = json.dumps(summary, indent=1, allow_nan=False) + "\n"
     except ValueError as e:                  # NaN or Infinity: not JSON, never written
         raise NMError(f"{out}: {NM_FILE} would hold a non-finite number ({e})") from None
-    tmp = stage_directory(out, NMError)
-    try:
-        with os_errors(out, NMError):
-            _fill(ckpt, model_dir, out, tmp, encoded, summary, text, progress)
+
+    def fill(tmp: Path) -> None:
+        _fill(ckpt, model_dir, out, tmp, encoded, summary, text, progress)
         Checkpoint(tmp)                      # the structure checks of every reader
-        _check_out(out, model_dir)           # again: it may have changed meanwhile
-        commit_directory(tmp, out, NMError)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_directory(out, fill, lambda: _check_out(out, model_dir), NMError)
 
 
 def _fill(ckpt: Checkpoint, model_dir: Path, out: Path, tmp: Path,

@@ -26,7 +26,6 @@ Values are deterministic in (seed, tensor name), independent of sharding and of 
 import json
 import math
 import re
-import shutil
 import struct
 import sys
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from compiler.artifact import check_replaceable, commit_directory, os_errors, stage_directory
+from compiler.artifact import check_replaceable, write_directory
 from compiler.checkpoint import (
     CONFIG_FILE,
     DTYPES,
@@ -50,7 +49,8 @@ from compiler.checkpoint import (
 from rtl.cli import ArgumentParser
 from sim.golden import absmean_ternarize, hf_pack
 
-__all__ = ["SHAPES", "LATENT_LIMIT", "TensorSpec", "make_checkpoint", "write_safetensors",
+__all__ = ["SHAPES", "LATENT_LIMIT", "TensorSpec", "make_checkpoint", "projection_shapes",
+           "write_safetensors",
            "write_streaming"]
 
 SHAPES = {
@@ -173,11 +173,7 @@ class _Model:
         self._gamma: dict[str, np.float32] = {}
 
     def shape(self, kind: str) -> tuple[int, int]:
-        d, ff = self.d["hidden_size"], self.d["intermediate_size"]
-        hd = d // self.d["num_heads"]
-        q, kv = self.d["num_heads"] * hd, self.d["num_kv_heads"] * hd
-        return {"q_proj": (q, d), "k_proj": (kv, d), "v_proj": (kv, d), "o_proj": (d, q),
-                "gate_proj": (ff, d), "up_proj": (ff, d), "down_proj": (d, ff)}[kind]
+        return projection_shapes(self.d)[kind]
 
     def std(self, kind: str) -> float:
         n, k = self.shape(kind)
@@ -282,6 +278,15 @@ def _config(dims: dict, dtype: str, packed: bool, linear_class: str, tie: bool,
     return cfg
 
 
+def projection_shapes(dims: dict) -> dict[str, tuple[int, int]]:
+    """{kind: (n, k)} of every projection of a model with `dims` (a `SHAPES` entry)."""
+    d, ff = dims["hidden_size"], dims["intermediate_size"]
+    hd = d // dims["num_heads"]
+    q, kv = dims["num_heads"] * hd, dims["num_kv_heads"] * hd
+    return {"q_proj": (q, d), "k_proj": (kv, d), "v_proj": (kv, d), "o_proj": (d, q),
+            "gate_proj": (ff, d), "up_proj": (ff, d), "down_proj": (d, ff)}
+
+
 def _dims(shape: str | dict) -> tuple[dict, bool]:
     if isinstance(shape, str):
         if shape not in SHAPES:
@@ -361,18 +366,14 @@ def make_checkpoint(out_dir: Path, shape: str | dict = "tiny", *, packed: bool =
     # Written to a temporary sibling and renamed into place: a failure leaves nothing behind,
     # and an existing directory is replaced only when it holds nothing but checkpoint files.
     out_dir = Path(out_dir)
-    check_replaceable(out_dir, _OWN_FILE.fullmatch, "a checkpoint", None, ValueError)
-    cfg = _config(dims, dtype, packed, linear_class, tie_word_embeddings, config_spelling, big)
-    tmp = stage_directory(out_dir, OSError)
-    try:
-        with os_errors(out_dir, OSError):
-            _write_files(tmp, cfg, specs, shards)
+
+    def replaceable() -> None:
         check_replaceable(out_dir, _OWN_FILE.fullmatch, "a checkpoint", None, ValueError)
-        commit_directory(tmp, out_dir, OSError)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+
+    replaceable()
+    cfg = _config(dims, dtype, packed, linear_class, tie_word_embeddings, config_spelling, big)
+    return write_directory(out_dir, lambda tmp: _write_files(tmp, cfg, specs, shards),
+                           replaceable, OSError)
 
 
 def _write_files(out_dir: Path, cfg: dict, specs: list[TensorSpec], shards: int) -> None:
@@ -392,7 +393,7 @@ def _write_files(out_dir: Path, cfg: dict, specs: list[TensorSpec], shards: int)
 
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m compiler.synth",
-                                 description="Write a synthetic BitNet b1.58 checkpoint.")
+                        description="Write a synthetic BitNet b1.58 checkpoint.")
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
     ap.add_argument("--float", dest="packed", action="store_false",

@@ -29,7 +29,7 @@ from compiler.tiling import (
     plan_projection,
     unpack_results,
 )
-from rtl.cli import ArgumentParser
+from rtl.cli import ArgumentParser, stdout_closed
 from rtl.isa import INSTR_BITS, Counter, ErrorCode, Status
 from rtl.params import CHIPS
 from rtl.protocol import (
@@ -54,7 +54,7 @@ from rtl.protocol import (
 )
 
 from .backend import Job
-from .run import RunError, check_tokens, golden_exact, layer_job, stdout_closed
+from .run import RunError, check_tokens, golden_exact, layer_job
 
 __all__ = ["Link", "SerialLink", "BoardClient", "BoardError", "LinkTimeoutError", "RefusedError",
            "DeviceError", "ArtifactMismatchError", "check_artifact", "place_projection",

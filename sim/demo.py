@@ -15,8 +15,8 @@ from pathlib import Path
 from compiler.artifact import Artifact, ArtifactError
 from compiler.checkpoint import CheckpointError
 from compiler.lower import LowerError, lower
-from compiler.synth import make_checkpoint
-from rtl.cli import ArgumentParser
+from compiler.synth import make_checkpoint, projection_shapes
+from rtl.cli import ArgumentParser, stdout_closed
 from rtl.params import SCALE_POINTS
 
 from .host import HostError
@@ -25,7 +25,6 @@ from .run import (
     make_backend,
     program_bound,
     run_artifact,
-    stdout_closed,
     summarize,
     too_many_tokens,
 )
@@ -36,13 +35,6 @@ __all__ = ["DEMO_SHAPE", "main"]
 #: FFN ratio (2.7), 4 layers: every projection shape tiles the default array as 2B4T's do.
 DEMO_SHAPE = dict(hidden_size=1280, intermediate_size=3456, num_layers=4, num_heads=10,
                   num_kv_heads=5, vocab_size=1024)
-
-
-def _demo_shapes() -> list:
-    """(projection, n, k) of every projection shape of the demo model."""
-    h, f = DEMO_SHAPE["hidden_size"], DEMO_SHAPE["intermediate_size"]
-    kv = h // DEMO_SHAPE["num_heads"] * DEMO_SHAPE["num_kv_heads"]
-    return [("q_proj", h, h), ("k_proj", kv, h), ("gate_proj", f, h), ("down_proj", h, f)]
 
 
 def main(argv=None) -> int:
@@ -66,7 +58,7 @@ def main(argv=None) -> int:
     # The prefill runs every projection with all its tokens as one program: refuse a length
     # whose program cannot fit before anything is built.
     p = SCALE_POINTS[args.target]
-    for name, n, k in _demo_shapes():
+    for name, (n, k) in projection_shapes(DEMO_SHAPE).items():
         need, exact = program_bound(p, n, k, args.prompt_tokens, p.batch_tokens)
         if need > p.imem_depth:
             ap.error("--prompt-tokens: "

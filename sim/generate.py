@@ -26,11 +26,10 @@ import numpy as np
 
 from compiler.artifact import Artifact, ArtifactError
 from compiler.checkpoint import CheckpointError
-from rtl.cli import ArgumentParser
+from rtl.cli import ArgumentParser, stdout_closed
 from rtl.params import SCALE_POINTS
 
 from .host import BACKENDS, PRECISIONS, HostError, HostModel
-from .run import stdout_closed
 
 __all__ = ["main", "parse_ids", "save_logits"]
 

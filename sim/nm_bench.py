@@ -420,7 +420,7 @@ def write_results(path: Path, section: str) -> None:
 
 def main(argv=None) -> int:
     ap = ArgumentParser(prog="python -m sim.nm_bench",
-                                 description=__doc__.split("\n")[0])
+                        description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=None,
                     help="work directory for the accuracy checkpoints (default: a temporary one)")
     ap.add_argument("--results", type=Path, default=None,

@@ -11,7 +11,6 @@ integer product.
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from compiler.tiling import (
     unpack_results,
     unpack_weight_image,
 )
-from rtl.cli import ArgumentParser
+from rtl.cli import ArgumentParser, stdout_closed
 from rtl.isa import Counter, Status, WeightEncoding
 from rtl.params import ArrayParams
 
@@ -35,7 +34,7 @@ from .golden import ternary_matmul
 from .machine import Simulator
 
 __all__ = ["LayerReport", "run_artifact", "check_tokens", "program_bound", "main",
-           "make_backend", "stdout_closed"]
+           "make_backend"]
 
 DEFAULT_CLOCK_MHZ = 1000.0
 
@@ -103,12 +102,16 @@ def program_bound(params: ArrayParams, n: int, k: int, tokens: int, token_batch:
 
 
 def check_tokens(art: Artifact, tokens: int, layers: list | None = None) -> None:
-    """Raise RunError if a projection's program for `tokens` tokens cannot fit program memory
-    (before anything is planned in full or run; see `program_bound`)."""
+    """Raise RunError if a projection's program for `tokens` tokens cannot fit program memory,
+    before anything is run: up to one token batch from the program itself (planned once, the
+    run reuses it), past it from `program_bound` (nothing is planned in full)."""
     p = art.params
     for layer in art.layers if layers is None else layers:
-        need, exact = program_bound(p, layer.n, layer.k, tokens, art.token_batch, art.encoding,
-                                    layer.nm)
+        if tokens <= art.token_batch:
+            need, exact = len(art.program(layer, tokens)[1]), True
+        else:
+            need, exact = program_bound(p, layer.n, layer.k, tokens, art.token_batch,
+                                        art.encoding, layer.nm)
         if need > p.imem_depth:
             raise RunError(too_many_tokens(layer.name, tokens, need, exact, p))
 
@@ -118,19 +121,6 @@ def too_many_tokens(name: str, tokens: int, need: int, exact: bool, params: Arra
     return (f"{name}: {tokens} token(s) need a program of {'' if exact else 'at least '}"
             f"{need} instructions; the program memory of target {params.name} holds "
             f"{params.imem_depth} (use fewer tokens)")
-
-
-def stdout_closed() -> int:
-    """After a BrokenPipeError on stdout (the reader went away, as in ``... | head -1``):
-    point stdout at /dev/null so that the flush at exit stays quiet; return exit status 1."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):
-        return 1                       # not a file (captured): nothing is flushed at exit
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, fd)
-    os.close(devnull)
-    return 1
 
 
 def layer_job(art: Artifact, plan, program: list, x_q: np.ndarray, weights: np.ndarray,
