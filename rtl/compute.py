@@ -74,6 +74,8 @@ class ComputeUnit(wiring.Component):
         The lanes' accumulators, the one accumulator group, for STORE; the buffer ports are
         then unused.
     retire, retire_pc, error, error_pc, active, blocked, stall_dep : Out
+    fault : Out(1)
+        `error` is not NONE (one bit, from the conditions rather than the code).
     busy_lanes : Out
         Busy lane-cycles of this cycle's stage 1.
     zero_rows, zero_tokens : Out
@@ -102,7 +104,7 @@ class ComputeUnit(wiring.Component):
             "c_raddr": Out(range(p.acc_groups)), "c_rdata": In(acc_row),
             "c_we": Out(1), "c_waddr": Out(range(p.acc_groups)), "c_wdata": Out(acc_row),
             "retire": Out(1), "retire_pc": Out(PC_BITS),
-            "error": Out(ErrorCode), "error_pc": Out(PC_BITS),
+            "error": Out(ErrorCode), "error_pc": Out(PC_BITS), "fault": Out(1),
             "active": Out(1), "blocked": Out(1), "stall_dep": Out(1),
             "busy_lanes": Out(range(p.lanes + 1)),
             "zero_rows": Out(p.row_lanes), "zero_tokens": Out(p.token_lanes),
@@ -174,10 +176,14 @@ class ComputeUnit(wiring.Component):
         wbuf = Signal.like(head.wbuf)
         grow = Signal(len(head.abuf) + 1)      # activation row of the current group
         acc = Signal.like(head.acc)
-        k_last = Signal.like(head.k_len)    # steps per token group (columns, or N:M slots) - 1
+        k_pen = Signal.like(head.k_len)     # steps per token group (columns, or N:M slots) - 2
         x_stride = Signal.like(head.x_stride)
         tokens_left = Signal(len(head.tokens) + 1)
-        span = Signal(len(head.k_len) + 1)      # activation rows one group reads
+        # The next group's activation row, and the last row a group may start on (abuf_rows
+        # less the rows one group reads; negative when a group cannot fit): the refusal of the
+        # next group is then one comparison of two registers.
+        next_grow = Signal.like(grow)
+        last_start = Signal(range(-(1 << len(head.k_len)) - 1, p.abuf_rows + 1))
         row_mask = Signal(p.row_lanes)
         n_rows = Signal.like(head.n_rows)
         accumulate = Signal()
@@ -209,14 +215,15 @@ class ComputeUnit(wiring.Component):
         # Flags the issue decision and stage 0 look at, each worked out a cycle ahead, so that
         # no comparison lies between these registers and `take`.
         first_k = Signal()      # k == 0
-        last_k = Signal()       # k == k_last
+        last_k = Signal()       # k == steps - 1
         one_step = Signal()     # k_len == 1
         last_tokens = Signal()  # tokens_left <= token_lanes: the final group
         last_slot = Signal()    # slot == nm - 1
         refuse = Signal()       # k == 0 and the group's activation rows run past the buffer
         with m.If(running):
             with m.If(refuse):
-                m.d.comb += [self.error.eq(ErrorCode.BAD_ADDRESS), self.error_pc.eq(pc)]
+                m.d.comb += [self.error.eq(ErrorCode.BAD_ADDRESS), self.error_pc.eq(pc),
+                             self.fault.eq(1)]
             with m.Else():
                 final = last_k & last_tokens
                 m.d.sync += [
@@ -227,20 +234,20 @@ class ComputeUnit(wiring.Component):
                     s1_nm.eq(nm != 0), s1_slot.eq(slot),
                 ]
                 with m.If(last_k):
-                    next_grow = (grow + x_stride)[:len(grow)]
                     m.d.sync += [k.eq(0), bytepos.eq(0), g.eq(g + 1), slot.eq(0),
                                  grow.eq(next_grow),
+                                 next_grow.eq((next_grow + x_stride)[:len(grow)]),
                                  tokens_left.eq(tokens_left - p.token_lanes),
                                  last_tokens.eq(tokens_left <= 2 * p.token_lanes),
                                  first_k.eq(1), last_k.eq(one_step),
                                  last_slot.eq(nm == 1),
-                                 refuse.eq(next_grow + span > p.abuf_rows)]
+                                 refuse.eq(next_grow > last_start)]
                     with m.If(final):
                         m.d.sync += running.eq(0)
                         m.d.comb += finishing.eq(1)
                 with m.Else():
                     k_next = (k + 1)[:len(k)]
-                    m.d.sync += [k.eq(k_next), first_k.eq(0), last_k.eq(k_next == k_last)]
+                    m.d.sync += [k.eq(k_next), first_k.eq(0), last_k.eq(k == k_pen)]
                     with m.If(nm == 0):
                         m.d.sync += bytepos.eq(bytepos + p.token_lanes)
                     with m.Elif(last_slot):
@@ -285,18 +292,21 @@ class ComputeUnit(wiring.Component):
             with m.If(~tokens_ok):
                 m.d.comb += [self.blocked.eq(1), self.stall_dep.eq(1)]
             with m.Elif(head_bad):
-                m.d.comb += [self.error.eq(head_err), self.error_pc.eq(self.head_pc)]
+                m.d.comb += [self.error.eq(head_err), self.error_pc.eq(self.head_pc),
+                             self.fault.eq(1)]
             with m.Else():
                 m.d.comb += [self.take.eq(1), self.pop_prev.eq(head.pop_prev),
                              self.pop_next.eq(head.pop_next)]
                 m.d.sync += [
                     running.eq(1), pc.eq(self.head_pc), wbuf.eq(head.wbuf), grow.eq(head.abuf),
-                    acc.eq(head.acc), k_last.eq(steps - 1), x_stride.eq(head.x_stride),
+                    acc.eq(head.acc), k_pen.eq((steps - 2)[:len(k_pen)]),
+                    x_stride.eq(head.x_stride),
                     nm.eq(head.nm if p.nm else 0), slot.eq(0),
                     tokens_left.eq(head.tokens), n_rows.eq(head.n_rows),
                     accumulate.eq(head.accumulate), push_prev.eq(head.push_prev),
                     push_next.eq(head.push_next), k.eq(0), g.eq(0), bytepos.eq(0),
-                    span.eq(head_span), first_k.eq(1), last_k.eq(steps == 1),
+                    next_grow.eq((head.abuf + head.x_stride)[:len(grow)]),
+                    last_start.eq(p.abuf_rows - head_span), first_k.eq(1), last_k.eq(steps == 1),
                     one_step.eq(steps == 1),
                     last_tokens.eq(head.tokens <= p.token_lanes), last_slot.eq(head.nm == 1),
                     refuse.eq(head_refuse0),

@@ -203,8 +203,9 @@ class HostLink(wiring.Component):
                 m.d.comb += [known.eq(1),
                              len_ok.eq(has_data & (data_len[:_log2(INSTR_BYTES)] == 0))]
 
-        is_read = code == Command.READ_MEM
-        is_imem = code == Command.WRITE_IMEM
+        # The command's kind, registered with the command byte: the sums and muxes below
+        # start from flip-flops, not from comparisons of `code`.
+        is_read, is_imem = Signal(), Signal()
         read_units = hdr[8 * ADDR_BYTES:]
         access_units = Mux(is_read, read_units, units)
         limit = Mux(is_imem, a.imem_depth, chip.mem_words)
@@ -232,6 +233,7 @@ class HostLink(wiring.Component):
         with m.FSM():
             with m.State("IDLE"), m.If(got & ~bad_byte & (byte == SYNC)):
                 m.d.sync += [crc.eq(CRC_INIT), err.eq(LinkError.NONE), code.eq(0),
+                             is_read.eq(0), is_imem.eq(0),
                              count.eq(0)]
                 m.next = "CMD"
 
@@ -245,7 +247,8 @@ class HostLink(wiring.Component):
                 return got & ~bad_byte
 
             with m.State("CMD"), m.If(receive()):
-                m.d.sync += code.eq(byte)
+                m.d.sync += [code.eq(byte), is_read.eq(byte == Command.READ_MEM),
+                             is_imem.eq(byte == Command.WRITE_IMEM)]
                 m.next = "LEN0"
             with m.State("LEN0"), m.If(receive()):
                 m.d.sync += length[:8].eq(byte)

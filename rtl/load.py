@@ -68,6 +68,8 @@ class LoadUnit(wiring.Component):
     retire, retire_pc : Out
         A LOAD retires this cycle.
     error, error_pc : Out
+    fault : Out(1)
+        `error` is not NONE (one bit, from the conditions rather than the code).
     active, blocked : Out(1)
         Work in progress / an instruction waits for a token.
     stall_dep, stall_port : Out(1)
@@ -89,7 +91,7 @@ class LoadUnit(wiring.Component):
             "a_en": Out(1), "a_addr": Out(range(params.abuf_rows)),
             "a_data": Out(params.port_bits),
             "retire": Out(1), "retire_pc": Out(PC_BITS),
-            "error": Out(ErrorCode), "error_pc": Out(PC_BITS),
+            "error": Out(ErrorCode), "error_pc": Out(PC_BITS), "fault": Out(1),
             "active": Out(1), "blocked": Out(1), "stall_dep": Out(1), "stall_port": Out(1),
         })
 
@@ -172,11 +174,13 @@ class LoadUnit(wiring.Component):
         pc = Signal(PC_BITS)
         req_addr = Signal(ADDR_BITS)        # the word being requested
         row_step = Signal(ADDR_BITS)        # stride - (length - 1): last word -> next row
-        length_m1 = Signal.like(head.length)
+        length_m2 = Signal.like(head.length)   # length - 2, the word before the last
         word = Signal.like(head.length)     # word of the row being requested
         rows_left = Signal.like(head.rows)
         span = Signal.like(head.length)     # buffer rows one LOAD row fills
-        row_end = Signal(max(len(head.sram), len(head.length)) + 2)    # sram row + span
+        # The end of the next row (its first buffer row + span): the next row's refusal is
+        # one comparison of registers. A refused row stops the LOAD, so it never wraps.
+        next_end = Signal(max(len(head.sram), len(head.length)) + 3)
         last_word = Signal()    # word == length - 1
         last_row = Signal()     # rows_left == 1
         one_word = Signal()     # length == 1
@@ -210,7 +214,8 @@ class LoadUnit(wiring.Component):
             m.d.comb += [self.rd_req.valid.eq(1), self.rd_req.payload.eq(req_addr)]
             # A row that would run past the end of its buffer is refused before it is read.
             with m.If(refuse):
-                m.d.comb += [req_error.eq(ErrorCode.BAD_ADDRESS), req_error_pc.eq(pc)]
+                m.d.comb += [req_error.eq(ErrorCode.BAD_ADDRESS), req_error_pc.eq(pc),
+                             self.fault.eq(1)]
                 m.d.comb += self.rd_req.valid.eq(0)
             with m.Elif(~self.rd_req.ready):
                 m.d.comb += self.stall_port.eq(1)
@@ -219,7 +224,7 @@ class LoadUnit(wiring.Component):
                     next_last_row = rows_left == 2
                     m.d.sync += [
                         req_addr.eq(req_addr + row_step), word.eq(0), last_word.eq(one_word),
-                        row_end.eq(row_end + span), refuse.eq(row_end + span > depth),
+                        next_end.eq(next_end + span), refuse.eq(next_end > depth),
                         rows_left.eq(rows_left - 1), last_row.eq(next_last_row),
                         final.eq(one_word & next_last_row),
                     ]
@@ -227,7 +232,7 @@ class LoadUnit(wiring.Component):
                         m.d.sync += busy.eq(0)
                 with m.Else():
                     word_next = (word + 1)[:len(word)]
-                    last_next = word_next == length_m1
+                    last_next = word == length_m2
                     m.d.sync += [req_addr.eq(req_addr + 1), word.eq(word_next),
                                  last_word.eq(last_next), refuse.eq(0),
                                  final.eq(last_next & last_row)]
@@ -242,7 +247,8 @@ class LoadUnit(wiring.Component):
             with m.If(~tokens_ok):
                 m.d.comb += [self.blocked.eq(1), self.stall_dep.eq(1)]
             with m.Elif(head_bad):
-                m.d.comb += [req_error.eq(head_err), req_error_pc.eq(self.head_pc)]
+                m.d.comb += [req_error.eq(head_err), req_error_pc.eq(self.head_pc),
+                             self.fault.eq(1)]
             with m.Elif(~inflight.w_rdy):
                 m.d.comb += self.stall_port.eq(1)
             with m.Else():
@@ -251,11 +257,11 @@ class LoadUnit(wiring.Component):
                 m.d.sync += [
                     busy.eq(1), pc.eq(self.head_pc), req_addr.eq(head.dram),
                     row_step.eq(head.stride - (head.length - 1)), word.eq(0),
-                    length_m1.eq(head.length - 1),
+                    length_m2.eq((head.length - 2)[:len(length_m2)]),
                     one_word.eq(head.length == 1), last_word.eq(head.length == 1),
                     rows_left.eq(head.rows), last_row.eq(head.rows == 1),
                     depth.eq(head_depth), span.eq(head_span),
-                    row_end.eq(head.sram + head_span),
+                    next_end.eq(head.sram + (head_span << 1)),
                     refuse.eq(head_refused),
                     final.eq(head_single),
                 ]
@@ -300,7 +306,8 @@ class LoadUnit(wiring.Component):
             # reads the weight buffer after an error, and the write enable then waits on no
             # check of the decoder's output (on ECP5, 32 table outputs after a block RAM).
             with m.If((cur.buffer == Buffer.WEIGHT) & decoder.invalid):
-                m.d.comb += [resp_error.eq(ErrorCode.BAD_WEIGHT), resp_error_pc.eq(cur.pc)]
+                m.d.comb += [resp_error.eq(ErrorCode.BAD_WEIGHT), resp_error_pc.eq(cur.pc),
+                             self.fault.eq(1)]
             with m.If(cur.buffer == Buffer.WEIGHT):
                 m.d.comb += [self.w_en.eq(-1), self.w_addr.eq(addr), self.w_data.eq(decoder.trits)]
                 if p.nm:

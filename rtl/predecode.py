@@ -33,7 +33,12 @@ _CHECKS = {Unit.LOAD: LoadUnit, Unit.COMPUTE: ComputeUnit, Unit.STORE: StoreUnit
 
 
 class Predecoder(wiring.Component):
-    """Combinational: `instr` -> `pre`.
+    """`instr` -> `pre`, registered once in the middle: `pre` describes the `instr` of the
+    previous cycle.
+
+    The first half works out each check (the opcode's unit and legality, each unit's static
+    error, the first-row and first-group refusals) from `instr` and registers them; the second
+    selects the instruction's unit's results from those registers.
 
     Members
     -------
@@ -54,39 +59,49 @@ class Predecoder(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        p = self.params
         head = data.View(header_layout(), self.instr)
+        # -- first half: every check, registered -----------------------------------------------
         legal = Signal()
         unit = Signal(Unit)
         with m.Switch(head.opcode):
             for op in Opcode:
                 with m.Case(op):
-                    m.d.comb += [legal.eq(1), unit.eq(UNIT_OF[op])]
+                    m.d.sync += [legal.eq(1), unit.eq(UNIT_OF[op])]
+            with m.Default():
+                m.d.sync += [legal.eq(0), unit.eq(0)]
         flags = [head.pop_prev, head.pop_next, head.push_prev, head.push_next]
-        bad_dep = Signal()
-        with m.Switch(unit):
-            with m.Case(Unit.LOAD):
-                m.d.comb += bad_dep.eq(head.pop_prev | head.push_prev)
-            with m.Case(Unit.STORE):
-                m.d.comb += bad_dep.eq(head.pop_next | head.push_next)
-            with m.Case(Unit.DISPATCH):
-                m.d.comb += bad_dep.eq(flags[0] | flags[1] | flags[2] | flags[3])
+        # A pop or push towards a unit that does not exist, for each unit the opcode may name.
+        bad_dep = {Unit.LOAD: head.pop_prev | head.push_prev,
+                   Unit.STORE: head.pop_next | head.push_next,
+                   Unit.DISPATCH: flags[0] | flags[1] | flags[2] | flags[3]}
+        bad_dep_q = {u: Signal(name=f"bad_dep_{u.name.lower()}") for u in bad_dep}
+        errs_q = {u: Signal(ErrorCode, name=f"err_{u.name.lower()}") for u in _CHECKS}
+        refuse_compute, refuse_load, single = Signal(), Signal(), Signal()
+        m.d.sync += [bad_dep_q[u].eq(v) for u, v in bad_dep.items()]
+        m.d.sync += [errs_q[u].eq(cls.static_error(m, p, self.instr))
+                     for u, cls in _CHECKS.items()]
+        m.d.sync += [refuse_compute.eq(ComputeUnit.first_group_refused(m, p, self.instr)),
+                     refuse_load.eq(LoadUnit.first_row_refused(m, p, self.instr)),
+                     single.eq(LoadUnit.single_request(self.instr))]
+
+        # -- second half: the instruction's unit's results ---------------------------------------
         with m.If(~legal):
             m.d.comb += self.pre.disp_err.eq(ErrorCode.ILLEGAL_OPCODE)
-        with m.Elif(bad_dep):
-            m.d.comb += self.pre.disp_err.eq(ErrorCode.BAD_DEPENDENCY)
-        errs = {u: cls.static_error(m, self.params, self.instr) for u, cls in _CHECKS.items()}
+        with m.Else(), m.Switch(unit):
+            for u, bad in bad_dep_q.items():
+                with m.Case(u), m.If(bad):
+                    m.d.comb += self.pre.disp_err.eq(ErrorCode.BAD_DEPENDENCY)
         with m.Switch(unit):
-            for u, err in errs.items():
+            for u, err in errs_q.items():
                 with m.Case(u):
                     m.d.comb += self.pre.unit_err.eq(err)
         with m.If(self.pre.disp_err == ErrorCode.NONE):
             m.d.comb += self.pre.go.bit_select(unit, 1).eq(1)
-        m.d.comb += self.pre.bad.eq(self.pre.unit_err != ErrorCode.NONE)
-        p = self.params
         m.d.comb += [
-            self.pre.refuse0.eq(
-                ((unit == Unit.COMPUTE) & ComputeUnit.first_group_refused(m, p, self.instr)) |
-                ((unit == Unit.LOAD) & LoadUnit.first_row_refused(m, p, self.instr))),
-            self.pre.single.eq((unit == Unit.LOAD) & LoadUnit.single_request(self.instr)),
+            self.pre.bad.eq(self.pre.unit_err != ErrorCode.NONE),
+            self.pre.refuse0.eq(((unit == Unit.COMPUTE) & refuse_compute) |
+                                ((unit == Unit.LOAD) & refuse_load)),
+            self.pre.single.eq((unit == Unit.LOAD) & single),
         ]
         return m

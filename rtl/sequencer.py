@@ -54,6 +54,8 @@ class Dispatcher(wiring.Component):
         An instruction waits for a full queue this cycle.
     error : Out(ErrorCode)
         Nonzero in a cycle where the decoded instruction is malformed.
+    fault : Out(1)
+        `error` is not NONE (one bit, from the conditions rather than the code).
     """
 
     def __init__(self, params: ArrayParams):
@@ -68,6 +70,7 @@ class Dispatcher(wiring.Component):
             "instr": Out(INSTR_BITS), "pc": Out(PC_BITS), "unit_err": Out(ErrorCode),
             "unit_bad": Out(1), "refuse0": Out(1), "single": Out(1),
             "halted": Out(1), "stall": Out(1), "error": Out(ErrorCode),
+            "fault": Out(1),
         })
 
     def elaborate(self, platform):
@@ -80,19 +83,18 @@ class Dispatcher(wiring.Component):
         m.submodules.pmem = pmem = Memory(shape=pre_layout.size, depth=p.imem_depth,
                                           init=[erased] * p.imem_depth)
         m.submodules.predecoder = predecoder = Predecoder(p)
-        # A host write stores the instruction at once and its predecode a cycle later, from a
-        # register: the predecoder's carry chains lie between registers, not in front of the
-        # memory. The predecode port reads through that write, so a run may start in the cycle
-        # after the last write.
+        # A host write stores the instruction at once and its predecode a cycle later: the
+        # predecoder registers its checks half way (its carry chains lie between registers, not
+        # in front of the memory). The predecode port reads through that write, so a run may
+        # start in the cycle after the last write.
         wp, wp_pre = imem.write_port(), pmem.write_port()
         pre_we = Signal()
         pre_addr = Signal.like(self.imem_addr)
-        pre_q = Signal(pre_layout.size)
-        m.d.sync += [pre_we.eq(self.imem_we), pre_addr.eq(self.imem_addr),
-                     pre_q.eq(predecoder.pre)]
+        m.d.sync += [pre_we.eq(self.imem_we), pre_addr.eq(self.imem_addr)]
         m.d.comb += [wp.en.eq(self.imem_we), wp.addr.eq(self.imem_addr),
                      wp.data.eq(self.imem_data), predecoder.instr.eq(self.imem_data),
-                     wp_pre.en.eq(pre_we), wp_pre.addr.eq(pre_addr), wp_pre.data.eq(pre_q)]
+                     wp_pre.en.eq(pre_we), wp_pre.addr.eq(pre_addr),
+                     wp_pre.data.eq(predecoder.pre)]
         advance = Signal()
         if p.held_fetch:
             # The memories read every cycle, at pc + 1 (or 0 at start), and the instruction
@@ -141,7 +143,7 @@ class Dispatcher(wiring.Component):
         go = pre.go
         with m.If(self.run):
             with m.If(pre.disp_err != ErrorCode.NONE):
-                m.d.comb += self.error.eq(pre.disp_err)
+                m.d.comb += [self.error.eq(pre.disp_err), self.fault.eq(1)]
             with m.Elif(go[Unit.DISPATCH]):
                 m.d.comb += self.halted.eq(self.drained)
             # Fetching past the last address would wrap: a program must end in HALT. With queues
@@ -149,7 +151,7 @@ class Dispatcher(wiring.Component):
             # last address is refused before it is offered.
             with m.Elif(last if p.queue_depth == 0 else
                         last & ~(Signal.cast(go)[:3] & self.full).any()):
-                m.d.comb += self.error.eq(ErrorCode.NO_HALT)
+                m.d.comb += [self.error.eq(ErrorCode.NO_HALT), self.fault.eq(1)]
         for u in (Unit.LOAD, Unit.COMPUTE, Unit.STORE):
             # (With queues, a full queue stalls even the instruction at the last address.)
             here = self.run & go[u] & (~last if p.queue_depth == 0 else ~last | self.full[u])

@@ -49,6 +49,8 @@ class StoreUnit(wiring.Component):
         Accumulator buffer read port.
     wr_req : Out(stream.Signature(write_layout))
     retire, retire_pc, error, error_pc, active, blocked, stall_dep, stall_port : Out
+    fault : Out(1)
+        `error` is not NONE (one bit, from the conditions rather than the code).
     """
 
     def __init__(self, params: ArrayParams, predecoded: bool = False):
@@ -62,7 +64,7 @@ class StoreUnit(wiring.Component):
             "c_raddr": Out(range(p.acc_groups)), "c_rdata": In(p.lanes * p.acc_bits),
             "wr_req": Out(stream.Signature(write_layout(p))),
             "retire": Out(1), "retire_pc": Out(PC_BITS),
-            "error": Out(ErrorCode), "error_pc": Out(PC_BITS),
+            "error": Out(ErrorCode), "error_pc": Out(PC_BITS), "fault": Out(1),
             "active": Out(1), "blocked": Out(1), "stall_dep": Out(1), "stall_port": Out(1),
         })
 
@@ -90,7 +92,7 @@ class StoreUnit(wiring.Component):
         pc = Signal(PC_BITS)
         acc_g = Signal(len(head.acc) + 1)
         tokens_left = Signal.like(head.tokens)
-        words = Signal.like(head.words)
+        words_m2 = Signal.like(head.words)     # words - 2, the word before the last
         addr = Signal(ADDR_BITS)
         stride = Signal(ADDR_BITS)
         word = Signal.like(head.words)
@@ -140,7 +142,7 @@ class StoreUnit(wiring.Component):
                 with m.Else():
                     m.d.sync += lane.eq(lane + 1)
             with m.Else():
-                m.d.sync += [word.eq(word + 1), last_word.eq(word == words - 2)]
+                m.d.sync += [word.eq(word + 1), last_word.eq(word == words_m2)]
         # The next STORE may issue in the cycle of this one's last write: no bubble.
         # (Written after the write logic so its register updates and read address win.)
         with m.If((~running | finishing) & self.head_valid):
@@ -148,12 +150,14 @@ class StoreUnit(wiring.Component):
             with m.If(head.pop_prev & ~self.tok_prev):
                 m.d.comb += [self.blocked.eq(1), self.stall_dep.eq(1)]
             with m.Elif(head_bad):
-                m.d.comb += [self.error.eq(head_err), self.error_pc.eq(self.head_pc)]
+                m.d.comb += [self.error.eq(head_err), self.error_pc.eq(self.head_pc),
+                             self.fault.eq(1)]
             with m.Else():
                 m.d.comb += [self.take.eq(1), self.pop_prev.eq(head.pop_prev)]
                 m.d.sync += [
                     running.eq(1), pc.eq(self.head_pc), acc_g.eq(head.acc),
-                    tokens_left.eq(head.tokens), words.eq(head.words), addr.eq(head.dram),
+                    tokens_left.eq(head.tokens), words_m2.eq((head.words - 2)[:len(words_m2)]),
+                    addr.eq(head.dram),
                     stride.eq(head.stride), word.eq(0), lane.eq(0),
                     push_prev.eq(head.push_prev), one_word.eq(head.words == 1),
                     last_word.eq(head.words == 1), last_token.eq(head.tokens == 1),

@@ -234,8 +234,12 @@ class Accelerator(wiring.Component):
             "c2s": (comp.push_next, store.pop_prev, store.tok_prev),
             "s2c": (store.push_prev, comp.pop_next, comp.tok_next),
         }
-        overflow = Signal()
-        overflow_pc = Signal(PC_BITS)
+        # A token overflow is reported a cycle after the push (see below). Each link's overflow
+        # and its pusher's pc are registered as they happen, and the first by link order is
+        # chosen after those registers: the push and the pop come from the units' retire and
+        # issue decisions, which are as deep as a cycle allows.
+        overflow_q = Signal()
+        overflow_pc_q = Signal(PC_BITS)
         pusher_pc = {"l2c": load.retire_pc, "c2l": comp.retire_pc, "c2s": comp.retire_pc,
                      "s2c": store.retire_pc}
         # Beside each count, flags for "empty" and "full" worked out a cycle ahead.
@@ -243,14 +247,17 @@ class Accelerator(wiring.Component):
             count = Signal(range(p.token_depth + 1), name=f"tokens_{name}")
             some = Signal(name=f"tokens_{name}_some")
             full = Signal(name=f"tokens_{name}_full")
+            over_q = Signal(name=f"tokens_{name}_over")
+            over_pc_q = Signal(PC_BITS, name=f"tokens_{name}_over_pc")
             m.d.comb += avail.eq(some)
+            m.d.sync += [over_q.eq(run & ~begin & push & ~pop & full),
+                         over_pc_q.eq(pusher_pc[name])]
+            with m.If(over_q):
+                m.d.comb += [overflow_q.eq(1), overflow_pc_q.eq(over_pc_q)]
             with m.If(run & ~begin):
-                with m.If(push & ~pop):
-                    with m.If(full):
-                        m.d.comb += [overflow.eq(1), overflow_pc.eq(pusher_pc[name])]
-                    with m.Else():
-                        m.d.sync += [count.eq(count + 1), some.eq(1),
-                                     full.eq(count == p.token_depth - 1)]
+                with m.If(push & ~pop & ~full):
+                    m.d.sync += [count.eq(count + 1), some.eq(1),
+                                 full.eq(count == p.token_depth - 1)]
                 with m.Elif(pop & ~push):
                     m.d.sync += [count.eq(count - 1), some.eq(count != 1), full.eq(0)]
             with m.Elif(begin):
@@ -268,13 +275,9 @@ class Accelerator(wiring.Component):
 
         # A deadlock persists (nothing can move), so it is reported from a register: one cycle
         # after the cycle that shows it. A token overflow is reported the same way, a cycle
-        # after the push: the push and the pop beside it come from the units' retire and issue
-        # decisions, which are as deep as a cycle allows.
+        # after the push.
         deadlock_q = Signal()
-        overflow_q = Signal()
-        overflow_pc_q = Signal(PC_BITS)
-        m.d.sync += [deadlock_q.eq(deadlock), overflow_q.eq(overflow),
-                     overflow_pc_q.eq(overflow_pc)]
+        m.d.sync += deadlock_q.eq(deadlock)
 
         # Status stops on any error source at once. The code and pc of the first by priority
         # are chosen one cycle later, from registered copies of every source: `error` and
@@ -287,12 +290,15 @@ class Accelerator(wiring.Component):
             (Mux(deadlock_q, ErrorCode.DEADLOCK, ErrorCode.NONE), disp.pc),
         ]
         pc_bits = (p.imem_depth - 1).bit_length()
-        raised = Signal(len(sources))
-        m.d.comb += raised.eq(Cat(*[code != ErrorCode.NONE for code, _ in sources]))
+        # Whether any source raises an error: from each unit's one-bit `fault`, worked out
+        # beside its code, not from the codes (a comparison after each code's multiplexers).
+        raised = Signal()
+        m.d.comb += raised.eq(load.fault | comp.fault | store.fault | overflow_q | disp.fault |
+                              deadlock_q)
         stopped = Signal()      # status went ERROR in this cycle
         codes_q = [Signal(ErrorCode, name=f"stop_code_{i}") for i in range(len(sources))]
         pcs_q = [Signal(pc_bits, name=f"stop_pc_{i}") for i in range(len(sources))]
-        m.d.sync += stopped.eq(run & (raised != 0))
+        m.d.sync += stopped.eq(run & raised)
         m.d.sync += [r.eq(code) for r, (code, _) in zip(codes_q, sources)]
         m.d.sync += [r.eq(pc) for r, (_, pc) in zip(pcs_q, sources)]
 
@@ -300,7 +306,7 @@ class Accelerator(wiring.Component):
             m.d.sync += [status.eq(Status.RUNNING), run.eq(1), error.eq(ErrorCode.NONE),
                          error_pc.eq(0)]
         with m.Elif(run):
-            with m.If(raised != 0):
+            with m.If(raised):
                 m.d.sync += [status.eq(Status.ERROR), run.eq(0)]
             with m.Elif(disp.halted):
                 m.d.sync += [status.eq(Status.DONE), run.eq(0)]
