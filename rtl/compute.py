@@ -1,6 +1,6 @@
 """The COMPUTE unit: the lane array and the MATMUL sequencer that feeds it."""
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -146,20 +146,36 @@ class ComputeUnit(wiring.Component):
         return err
 
     @staticmethod
-    def span(p: ArrayParams, head):
-        """Activation buffer rows one token group of MATMUL `head` reads."""
-        lt_shift = p.token_lanes.bit_length() - 1
-        port_shift = p.port_bytes.bit_length() - 1
-        return (((head.k_len - 1) << lt_shift) >> port_shift) + 1
+    def last_start(m, p: ArrayParams, head) -> Signal:
+        """The last activation buffer row a token group of MATMUL `head` may start on:
+        abuf_rows less the rows a group reads, ceil(k_len * token_lanes / port_bytes); negative
+        when no group fits. One carry chain: the rounding up is the adder's borrow."""
+        shift = (p.port_bytes // p.token_lanes).bit_length() - 1
+        rows, partial = head.k_len >> shift, head.k_len[:shift] != 0
+        width = max(len(head.k_len), p.abuf_rows.bit_length()) + 1
+        # abuf_rows + ~rows + (1 - partial) = abuf_rows - rows - partial, in `width` bits; the
+        # low bit of each operand carries the (1 - partial) in.
+        total = (Cat(~partial, Const(p.abuf_rows, width)) +
+                 Cat(Const(1, 1), ~Cat(rows, Const(0, width - len(rows)))))
+        last = Signal(signed(width))
+        m.d.comb += last.eq(total[1:width + 1])
+        return last
 
     @classmethod
     def first_group_refused(cls, m, p: ArrayParams, instr) -> Signal:
         """MATMUL `instr`'s first token group reads past the activation buffer: BAD_ADDRESS in
         its first step, a cycle after issue (done when the program is written, `rtl.predecode`)."""
-        head = data.View(instr_layout(Opcode.MATMUL), instr)
+        abuf, last_start = cls.last_start_operands(m, p, instr)
         refused = Signal()
-        m.d.comb += refused.eq(head.abuf + cls.span(p, head) > p.abuf_rows)
+        m.d.comb += refused.eq(abuf > last_start)
         return refused
+
+    @classmethod
+    def last_start_operands(cls, m, p: ArrayParams, instr) -> tuple:
+        """(MATMUL `instr`'s first activation row, `last_start`): its first token group is
+        refused when the first is larger."""
+        head = data.View(instr_layout(Opcode.MATMUL), instr)
+        return head.abuf, cls.last_start(m, p, head)
 
     def elaborate(self, platform):
         m = Module()
@@ -183,7 +199,8 @@ class ComputeUnit(wiring.Component):
         # less the rows one group reads; negative when a group cannot fit): the refusal of the
         # next group is then one comparison of two registers.
         next_grow = Signal.like(grow)
-        last_start = Signal(range(-(1 << len(head.k_len)) - 1, p.abuf_rows + 1))
+        head_last_start = self.last_start(m, p, head)
+        last_start = Signal.like(head_last_start)
         row_mask = Signal(p.row_lanes)
         n_rows = Signal.like(head.n_rows)
         accumulate = Signal()
@@ -277,7 +294,6 @@ class ComputeUnit(wiring.Component):
         m.d.comb += row_mask_of.eq(Cat(*[h_gt[r // 16] | (h_eq[r // 16] & l_gt[r % 16])
                                          for r in range(p.row_lanes)]))
         steps = self.steps(m, p, head)
-        head_span = self.span(p, head)
         if self.predecoded:
             head_err, head_refuse0 = self.head_err, self.head_refuse0
             head_bad = self.head_bad
@@ -306,7 +322,7 @@ class ComputeUnit(wiring.Component):
                     accumulate.eq(head.accumulate), push_prev.eq(head.push_prev),
                     push_next.eq(head.push_next), k.eq(0), g.eq(0), bytepos.eq(0),
                     next_grow.eq((head.abuf + head.x_stride)[:len(grow)]),
-                    last_start.eq(p.abuf_rows - head_span), first_k.eq(1), last_k.eq(steps == 1),
+                    last_start.eq(head_last_start), first_k.eq(1), last_k.eq(steps == 1),
                     one_step.eq(steps == 1),
                     last_tokens.eq(head.tokens <= p.token_lanes), last_slot.eq(head.nm == 1),
                     refuse.eq(head_refuse0),

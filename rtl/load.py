@@ -132,10 +132,17 @@ class LoadUnit(wiring.Component):
     def first_row_refused(cls, m, p: ArrayParams, instr) -> Signal:
         """LOAD `instr`'s first row runs past the end of its buffer (BAD_ADDRESS in its first
         request cycle; done when the program is written, `rtl.predecode`)."""
-        head = data.View(instr_layout(Opcode.LOAD), instr)
+        end, depth = cls.first_row_end(m, p, instr)
         refused = Signal()
-        m.d.comb += refused.eq(head.sram + cls._row_span(m, p, head) > cls._depth(m, p, head))
+        m.d.comb += refused.eq(end > depth)
         return refused
+
+    @classmethod
+    def first_row_end(cls, m, p: ArrayParams, instr) -> tuple:
+        """(the buffer row after LOAD `instr`'s first row, the rows of its buffer): the first
+        row is refused when the first is larger."""
+        head = data.View(instr_layout(Opcode.LOAD), instr)
+        return head.sram + cls._row_span(m, p, head), cls._depth(m, p, head)
 
     @staticmethod
     def _depth(m, p: ArrayParams, head) -> Signal:

@@ -445,3 +445,42 @@ def test_unwritten_program_memory_is_an_illegal_opcode():
     assert seen[0] == (0, ErrorCode.NONE, 1)          # the LOAD goes to the LOAD unit
     assert seen[1][:2] == (1, ErrorCode.ILLEGAL_OPCODE)
     assert Halt().encode() != 0
+
+
+@pytest.mark.parametrize("point", list(SCALE_POINTS))
+def test_matmul_first_group_refusal_is_the_span_bound(point):
+    """`ComputeUnit.last_start` (one carry chain, the rounding up as its borrow) is abuf_rows
+    less ceil(k_len * token_lanes / port_bytes), and a first group is refused exactly when it
+    would read past the activation buffer, on every small k_len and on random and extreme ones."""
+    from amaranth.hdl import Module, Signal
+    from amaranth.lib import data
+
+    from rtl.compute import ComputeUnit
+    from rtl.isa import INSTR_BITS, Opcode, instr_layout
+
+    p = SCALE_POINTS[point]
+    m = Module()
+    instr = Signal(INSTR_BITS)
+    head = data.View(instr_layout(Opcode.MATMUL), instr)
+    last_start = ComputeUnit.last_start(m, p, head)
+    refused = ComputeUnit.first_group_refused(m, p, instr)
+    rng = random.Random(7)
+    kmax, amax = (1 << len(head.k_len)) - 1, (1 << len(head.abuf)) - 1
+    k_lens = [*range(70), kmax, *(rng.randrange(kmax + 1) for _ in range(200))]
+    abufs = [0, 1, p.abuf_rows - 1, p.abuf_rows, amax, rng.randrange(amax + 1)]
+    checked = []
+
+    async def bench(ctx):
+        for k in k_lens:
+            span = -(-k * p.token_lanes // p.port_bytes)
+            ctx.set(head.k_len, k)
+            for a in abufs:
+                ctx.set(head.abuf, a)
+                assert ctx.get(last_start) == p.abuf_rows - span, (k, a)
+                assert ctx.get(refused) == (a + span > p.abuf_rows), (k, a)
+                checked.append(k)
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(checked) == len(k_lens) * len(abufs)
