@@ -19,7 +19,7 @@ from amaranth.vendor import LatticeICE40Platform
 from .cli import ArgumentParser
 from .hostlink import HostLink
 from .isa import Status
-from .memport import read_port
+from .memport import read_port, registered
 from .params import CHIPS, ChipParams, chip_params
 from .top import Accelerator, write_component
 from .uart import UARTReceiver, UARTTransmitter
@@ -158,8 +158,8 @@ class Chip(wiring.Component):
             # A program word goes into a register beside the accelerator and is written the next
             # cycle: the link's route across the die and the predecoder's carry chains were one
             # path. A START frame follows a write frame's last word by thousands of cycles.
-            we, addr, word = Signal(), Signal.like(link.imem_addr), Signal.like(link.imem_data)
-            m.d.sync += [we.eq(link.imem_we), addr.eq(link.imem_addr), word.eq(link.imem_data)]
+            we, addr, word = registered(m, "imem_w_", en=link.imem_we, addr=link.imem_addr,
+                                        data=link.imem_data)
         else:
             we, addr, word = link.imem_we, link.imem_addr, link.imem_data
         m.d.comb += [
@@ -174,11 +174,10 @@ class Chip(wiring.Component):
         ]
 
         abits = (chip.mem_words - 1).bit_length()
-        wr_full = Signal()      # a write taken last cycle, written this cycle
-        wr_addr = Signal(abits)
-        wr_data = Signal(a.port_bits)
-        m.d.sync += [wr_full.eq(acc.wr_req.valid), wr_addr.eq(acc.wr_req.payload.addr[:abits]),
-                     wr_data.eq(acc.wr_req.payload.data)]
+        # wr_full: a write taken last cycle, written this cycle.
+        wr_full, wr_addr, wr_data = registered(m, "wr_", full=acc.wr_req.valid,
+                                               addr=acc.wr_req.payload.addr[:abits],
+                                               data=acc.wr_req.payload.data)
         acc_rd = acc.rd_req.valid & ~wr_full
         m.d.comb += [acc.wr_req.ready.eq(1), acc.rd_req.ready.eq(~wr_full),
                      link.draining.eq(acc.draining | wr_full)]

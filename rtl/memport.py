@@ -10,11 +10,14 @@ is written (a program that does races, and its data is unspecified in the simula
 merges the two into the block RAM's own read port, and the FPGA flow (`rtl.fpga`) marks every
 memory `no_rw_check`, which Yosys applies where it merges such a register: the bypass goes.
 In simulation the port behaves exactly like `Memory.read_port()`.
+
+`registered` delays a write port's enable, address and data by a cycle, for writes whose
+source lies far from the memory.
 """
 
 from amaranth.hdl import Signal
 
-__all__ = ["read_port"]
+__all__ = ["read_port", "registered"]
 
 
 def read_port(m, memory, *, en=None, domain: str = "sync"):
@@ -33,3 +36,11 @@ def read_port(m, memory, *, en=None, domain: str = "sync"):
         with m.If(en):
             update += data.eq(port.data)
     return port, data
+
+
+def registered(m, prefix: str, domain: str = "sync", **values) -> tuple:
+    """Flip-flop copies of `values` (keyword order), each one cycle late and named
+    `prefix + key`: for a write port, its enable, address and data."""
+    regs = tuple(Signal.like(v, name=f"{prefix}{k}") for k, v in values.items())
+    m.d[domain] += [r.eq(v) for r, v in zip(regs, values.values())]
+    return regs

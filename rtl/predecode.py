@@ -18,7 +18,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .compute import ComputeUnit
-from .isa import INSTR_BITS, UNIT_OF, ErrorCode, Opcode, Unit, header_layout, instr_layout
+from .isa import INSTR_BITS, UNIT_OF, ErrorCode, Opcode, Unit, header_layout
 from .load import LoadUnit
 from .params import ArrayParams
 from .store import StoreUnit
@@ -78,10 +78,9 @@ class Predecoder(wiring.Component):
         bad_dep_q = {u: Signal(name=f"bad_dep_{u.name.lower()}") for u in bad_dep}
         errs_q = {u: Signal(ErrorCode, name=f"err_{u.name.lower()}") for u in _CHECKS}
         # The refusals' two operands are registered, and compared in the second half.
-        matmul = data.View(instr_layout(Opcode.MATMUL), self.instr)
         abuf, last_start = ComputeUnit.last_start_operands(m, p, self.instr)
         row_end, depth = LoadUnit.first_row_end(m, p, self.instr)
-        abuf_q, last_start_q = Signal.like(matmul.abuf), Signal.like(last_start)
+        abuf_q, last_start_q = Signal.like(abuf), Signal.like(last_start)
         row_end_q, depth_q = Signal.like(row_end), Signal.like(depth)
         single = Signal()
         m.d.sync += [bad_dep_q[u].eq(v) for u, v in bad_dep.items()]

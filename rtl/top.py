@@ -28,7 +28,7 @@ from .cli import ArgumentParser
 from .compute import ComputeUnit, popcount, tree_sum
 from .isa import INSTR_BITS, PC_BITS, Counter, ErrorCode, Status, Unit
 from .load import ADDR_BITS, LoadUnit
-from .memport import read_port
+from .memport import read_port, registered
 from .params import SCALE_POINTS, ArrayParams, scale_point
 from .sequencer import Dispatcher
 from .store import StoreUnit, write_layout
@@ -192,11 +192,8 @@ class Accelerator(wiring.Component):
             # block RAM tables then feed flip-flops, not the weight buffer's block RAMs across
             # the die. No cycle changes: a LOAD retires with its last write requested, its
             # consumers issue a cycle later at the earliest and read a cycle after that.
-            w_q = Signal.like(w_en, name="wbuf_w_en_q")
-            w_addr_q = Signal.like(load.w_addr, name="wbuf_w_addr_q")
-            w_data_q = Signal.like(load.w_data, name="wbuf_w_data_q")
-            m.d.sync += [w_q.eq(w_en), w_addr_q.eq(load.w_addr), w_data_q.eq(load.w_data)]
-            w_en, w_addr, w_data = w_q, w_addr_q, w_data_q
+            w_en, w_addr, w_data = registered(m, "wbuf_w_", en=w_en, addr=load.w_addr,
+                                              data=load.w_data)
         else:
             w_addr, w_data = load.w_addr, load.w_data
         m.d.comb += [
@@ -282,25 +279,25 @@ class Accelerator(wiring.Component):
         # Status stops on any error source at once. The code and pc of the first by priority
         # are chosen one cycle later, from registered copies of every source: `error` and
         # `error_pc` are valid from the second cycle in which status is ERROR.
-        sources = [  # by priority: (error, its pc)
-            (load.error, load.error_pc), (comp.error, comp.error_pc),
-            (store.error, store.error_pc),
-            (Mux(overflow_q, ErrorCode.TOKEN_OVERFLOW, ErrorCode.NONE), overflow_pc_q),
-            (disp.error, disp.pc),
-            (Mux(deadlock_q, ErrorCode.DEADLOCK, ErrorCode.NONE), disp.pc),
+        # By priority: (raised, error, its pc). Whether a source raises an error is a one-bit
+        # `fault` worked out beside its code, not a comparison after the code's multiplexers.
+        sources = [
+            (load.fault, load.error, load.error_pc), (comp.fault, comp.error, comp.error_pc),
+            (store.fault, store.error, store.error_pc),
+            (overflow_q, Mux(overflow_q, ErrorCode.TOKEN_OVERFLOW, ErrorCode.NONE),
+             overflow_pc_q),
+            (disp.fault, disp.error, disp.pc),
+            (deadlock_q, Mux(deadlock_q, ErrorCode.DEADLOCK, ErrorCode.NONE), disp.pc),
         ]
         pc_bits = (p.imem_depth - 1).bit_length()
-        # Whether any source raises an error: from each unit's one-bit `fault`, worked out
-        # beside its code, not from the codes (a comparison after each code's multiplexers).
         raised = Signal()
-        m.d.comb += raised.eq(load.fault | comp.fault | store.fault | overflow_q | disp.fault |
-                              deadlock_q)
+        m.d.comb += raised.eq(Cat(*[fault for fault, _, _ in sources]).any())
         stopped = Signal()      # status went ERROR in this cycle
         codes_q = [Signal(ErrorCode, name=f"stop_code_{i}") for i in range(len(sources))]
         pcs_q = [Signal(pc_bits, name=f"stop_pc_{i}") for i in range(len(sources))]
         m.d.sync += stopped.eq(run & raised)
-        m.d.sync += [r.eq(code) for r, (code, _) in zip(codes_q, sources)]
-        m.d.sync += [r.eq(pc) for r, (_, pc) in zip(pcs_q, sources)]
+        m.d.sync += [r.eq(code) for r, (_, code, _) in zip(codes_q, sources)]
+        m.d.sync += [r.eq(pc) for r, (_, _, pc) in zip(pcs_q, sources)]
 
         with m.If(begin):
             m.d.sync += [status.eq(Status.RUNNING), run.eq(1), error.eq(ErrorCode.NONE),
