@@ -42,9 +42,10 @@ from fractions import Fraction
 from importlib import metadata
 from pathlib import Path
 
-from amaranth.hdl import ClockDomain, Elaboratable, Instance, Module, Shape, Signal
+from amaranth.hdl import ClockDomain, DomainRenamer, Elaboratable, Instance, Module, Shape, Signal
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib.wiring import Out
 
 from .cli import ArgumentParser
 from .results import write_section
@@ -235,6 +236,37 @@ def pll_output(kind: str, params: dict, f_in: int) -> Fraction:
 RESET_HOLD_S = Fraction(15, 10**6)
 
 
+class ResetHold(wiring.Component):
+    """Hold `rst` for `cycles` cycles after this module's own reset, then release it for good.
+
+    `rst` is a flip-flop: it reaches every flip-flop of the design it resets (a net of
+    thousands of loads, which the design's own logic then combines with its starts and clears)
+    straight from a register, not from the timer's comparison. On the ULX3S that comparison in
+    front of the net was the chip's critical path (15 ns).
+
+    Members
+    -------
+    rst : Out(1)
+        High in the first `cycles` cycles after reset, low from then on.
+    """
+
+    rst: Out(1, init=1)
+
+    def __init__(self, cycles: int):
+        assert cycles >= 1
+        self.cycles = cycles
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        # The timer counts to cycles - 1; `rst` falls in the cycle after it gets there.
+        timer = Signal(range(self.cycles))
+        with m.If(timer != self.cycles - 1):
+            m.d.sync += timer.eq(timer + 1)
+        m.d.sync += self.rst.eq(timer != self.cycles - 1)
+        return m
+
+
 class BoardTop(Elaboratable):
     """Put a design on a board: PLL, reset held until lock, UART pins, status LEDs.
 
@@ -313,11 +345,9 @@ class BoardTop(Elaboratable):
         # the oscillator's constraint through the PLL, rounded).
         platform.add_clock_constraint(sync.clk, self.clk_hz)
         m.submodules.lock_sync = ResetSynchronizer(~lock, domain="hold")
-        cycles = int(-(-RESET_HOLD_S * self.clk_hz // 1))
-        timer = Signal(range(cycles + 1))
-        with m.If(timer != cycles):
-            m.d.hold += timer.eq(timer + 1)
-        m.d.comb += sync.rst.eq(timer != cycles)
+        m.submodules.reset_hold = hold_rst = DomainRenamer("hold")(
+            ResetHold(int(-(-RESET_HOLD_S * self.clk_hz // 1))))
+        m.d.comb += sync.rst.eq(hold_rst.rst)
 
         m.submodules.design = design = self.design
         members = design.signature.members

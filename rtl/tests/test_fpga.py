@@ -11,9 +11,11 @@ import subprocess
 from fractions import Fraction
 
 import pytest
+from amaranth.back import rtlil
 from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.sim import Simulator
 
 from rtl import fpga
 from rtl.params import CHIPS
@@ -150,6 +152,32 @@ class Silent(wiring.Component):
 def test_wrapper_refuses_unconnectable_design(cls, why):
     with pytest.raises(ValueError, match=why):
         fpga.BoardTop(fpga.BOARDS["icebreaker"], cls(), 48 * MHZ)
+
+
+# -- the reset held after lock ------------------------------------------------------------------
+
+@pytest.mark.parametrize("cycles", [1, 2, 5])
+def test_reset_hold_releases_after_cycles_from_a_register(cycles):
+    """`rst` is high in exactly the first `cycles` cycles after reset, then low for good; and it
+    is a flip-flop: nothing the timer does within a cycle shows on it before the clock edge."""
+    dut = fpga.ResetHold(cycles)
+    seen = []
+
+    async def bench(ctx):
+        for _ in range(cycles + 6):
+            seen.append(ctx.get(dut.rst))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == [1] * cycles + [0] * 6
+    # Registered: the output port is the Q of a flip-flop (the same sequence could come from
+    # the timer's comparison, which is what this guards against).
+    cells = rtlil.convert(fpga.ResetHold(cycles)).split("\n  cell ")[1:]
+    drivers = [c.split()[0] for c in cells if re.search(r"connect \\Q \\rst$", c, re.M)]
+    assert drivers == ["$dff"]
 
 
 # -- report parsing and checks -------------------------------------------------------------------
