@@ -37,10 +37,12 @@ __all__ = ["Accelerator", "COUNTERS_FINAL", "main", "write_component", "write_ve
 
 #: The performance counters hold their final values from this cycle on, counting the cycles in
 #: which `status` is no longer RUNNING (the first such cycle is 1): each adds a registered
-#: increment, and zero weights are counted in two more stages (see `Accelerator.elaborate`).
-COUNTERS_FINAL = 4
+#: increment, and zero weights are counted in three more stages (see `Accelerator.elaborate`).
+COUNTERS_FINAL = 5
 #: Rows per partial count of zero weights (a register each, summed a cycle later).
 ZERO_CHUNK = 16
+#: Partial counts per group sum (a register each, summed across the groups a cycle later).
+ZERO_GROUP = 4
 
 #: What a unit's instruction queue holds per instruction (and, with no queues, what the
 #: dispatcher offers): the word, its address, and its predecoded checks.
@@ -319,19 +321,27 @@ class Accelerator(wiring.Component):
         m.d.comb += [self.retire_valid[Unit.DISPATCH].eq(disp.halted & run),
                      self.retire_pc[Unit.DISPATCH].eq(disp.pc)]
 
-        # COMPUTE's zero bits are counted in two cycles: partial counts of ZERO_CHUNK rows into
-        # registers, then their sum for each token lane (one adder tree over 160 rows was the
-        # ULX3S chip's critical path). These registers run whenever the clock does: the units
-        # are frozen once the run ends, and the last cycle's count must still come through.
+        # COMPUTE's zero bits are counted in three cycles: partial counts of ZERO_CHUNK rows into
+        # registers, sums of ZERO_GROUP of those into registers, then the sum of the groups for
+        # each token lane (one adder tree over 160 rows, then one over ten partial counts, was
+        # the ULX3S chip's critical path). These registers run whenever the clock does: the
+        # units are frozen once the run ends, and the last cycle's count must still come
+        # through.
         parts = []
         for i in range(0, p.row_lanes, ZERO_CHUNK):
             rows = comp.zero_rows[i:i + ZERO_CHUNK]
             part = Signal(range(len(rows) + 1), name=f"zeros_{i // ZERO_CHUNK}")
             m.d.sync += part.eq(popcount(rows))
             parts.append(part)
-        zero_tokens = Signal(p.token_lanes)
-        m.d.sync += zero_tokens.eq(comp.zero_tokens)
-        zeros = tree_sum(parts)
+        groups = []
+        for i in range(0, len(parts), ZERO_GROUP):
+            rows = min(ZERO_GROUP * ZERO_CHUNK, p.row_lanes - i * ZERO_CHUNK)
+            group = Signal(range(rows + 1), name=f"zero_group_{i // ZERO_GROUP}")
+            m.d.sync += group.eq(tree_sum(parts[i:i + ZERO_GROUP]))
+            groups.append(group)
+        zero_tokens_1, zero_tokens = Signal(p.token_lanes), Signal(p.token_lanes)
+        m.d.sync += [zero_tokens_1.eq(comp.zero_tokens), zero_tokens.eq(zero_tokens_1)]
+        zeros = tree_sum(groups)
         skipped = sum(Mux(zero_tokens[j], zeros, 0) for j in range(p.token_lanes))
 
         increments = {
@@ -350,14 +360,15 @@ class Accelerator(wiring.Component):
         assert set(increments) == set(Counter)
         # Each increment is registered, so that the stall and issue logic behind it and the
         # counter's carry chain are in different cycles: a counter adds what happened in a cycle
-        # one cycle later. Zero weights reach `skipped` two cycles late (COMPUTE's register and
-        # the partial counts), so that counter is final two cycles later still: from the
-        # COUNTERS_FINAL-th cycle in which `status` is not RUNNING. Its increments are counted
-        # when the cycle they describe was a RUNNING one of this run.
+        # one cycle later. Zero weights reach `skipped` three cycles late (COMPUTE's register,
+        # the partial counts and the group sums), so that counter is final three cycles later
+        # still: from the COUNTERS_FINAL-th cycle in which `status` is not RUNNING. Its
+        # increments are counted when the cycle they describe was a RUNNING one of this run.
         ran = Signal()          # the previous cycle was a RUNNING one
         ran2 = Signal()         # ... and the one before it, since the last start
-        m.d.sync += [ran.eq(run), ran2.eq(ran & ~begin)]
-        counted = {Counter.SKIPPED_ZERO: ran2 & ~begin}
+        ran3 = Signal()         # ... and the one before that
+        m.d.sync += [ran.eq(run), ran2.eq(ran & ~begin), ran3.eq(ran2 & ~begin)]
+        counted = {Counter.SKIPPED_ZERO: ran3 & ~begin}
         for c, inc in increments.items():
             inc_q = Signal(Value.cast(inc).shape(), name=f"inc_{c.name.lower()}")
             m.d.sync += inc_q.eq(Mux(counted.get(c, run), inc, 0))

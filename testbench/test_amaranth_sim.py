@@ -35,14 +35,14 @@ def test_small_programs_match_simulator(tiny):
 
 
 def test_start_right_after_an_error_counts_only_the_new_run(tiny):
-    """Counters add their increments late (`SKIPPED_ZERO` two cycles late). A start in the very
+    """Counters add their increments late (`SKIPPED_ZERO` three cycles late). A start in the very
     first cycle after a run stopped must still begin from zero: here the run stops on an error
     in a cycle whose lanes skip zero weights (the first MATMUL's last stage-1 cycle, the cycle
     the illegal word after the second is decoded), and the next run starts at once."""
     from amaranth.sim import Simulator as AmaranthSimulator
 
     from rtl.isa import Counter, MatMul, Status
-    from rtl.top import Accelerator
+    from rtl.top import COUNTERS_FINAL, Accelerator
     from sim.backend import Job, MemoryImage
 
     matmul = MatMul(k_len=3, tokens=1, n_rows=tiny.row_lanes)    # fresh weights: all zero
@@ -65,7 +65,7 @@ def test_start_right_after_an_error_counts_only_the_new_run(tiny):
                 await ctx.tick()
             if run == 0:
                 continue                # start again in this, the first cycle after the run
-            for _ in range(3):
+            for _ in range(COUNTERS_FINAL - 1):    # final from the COUNTERS_FINAL-th cycle
                 await ctx.tick()
             runs.append({c.name: int(ctx.get(dut.counters[c])) for c in Counter})
 
