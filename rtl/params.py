@@ -312,12 +312,13 @@ CHIPS = {
                              clk_hz=30_000_000, baud=1_000_000),
     # ULX3S: ECP5-85F, 128 KB of block RAM beside the accelerator's own buffers. The chip
     # takes 29% of the logic; with every block RAM output registered before the decoder, the
-    # weight buffer and the issue decisions, its paths reach 63-67 MHz (docs/results.md), so
-    # the PLL makes 60 MHz from the 25 MHz oscillator. 150 MHz needs the control pipelined
-    # (the zero count's sum, the predecoder, the issue decisions each span about 15 ns now)
-    # and lane controls registered near the rows.
+    # weight buffer and the issue decisions, a registered reset and a three-stage zero count,
+    # its paths reach about 72 MHz (docs/results.md), so the PLL makes 65 MHz from the 25 MHz
+    # oscillator. 150 MHz needs the block RAMs' outputs registered everywhere (5.8 ns of
+    # clock-to-out before the issue decisions and the lanes), which adds cycles the simulator
+    # must model, and the lane controls registered near the rows.
     "ulx3s": ChipParams(name="ulx3s", array=SCALE_POINTS["ecp5"], mem_words=4096,
-                        clk_hz=60_000_000, baud=1_000_000, registered_program_write=True),
+                        clk_hz=65_000_000, baud=1_000_000, registered_program_write=True),
 }
 
 
