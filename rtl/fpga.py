@@ -453,15 +453,16 @@ def _tool_command(tool: str) -> str:
     return os.environ.get(tool.upper().replace("-", "_"), TOOLS[tool])
 
 
-def _overrides(family: str, name: str) -> dict:
+def _overrides(family: str, name: str, seed: int | None = None) -> dict:
     stat = f"tee -q -o {name}.stat.json stat -json"
+    seed_opts = [] if seed is None else ["--seed", str(seed)]
     return {
         "synth_opts": ["-run", ":map_luts"],
         "script_after_read": NO_RW_CHECK,
         "script_after_synth": "\n".join([*(line.format(name=name)
                                            for line in YOSYS_MAP_LUTS[family]), stat]),
         # Timing is judged here (check_report), so nextpnr finishes and writes its report.
-        "nextpnr_opts": ["--report", f"{name}.pnr.json", "--timing-allow-fail"],
+        "nextpnr_opts": ["--report", f"{name}.pnr.json", "--timing-allow-fail", *seed_opts],
     }
 
 
@@ -648,9 +649,12 @@ def _flow(commands: list, name: str, family: str, build_dir: Path, report: dict,
 
 
 def build(board_name: str, design: Design, out: Path, *, force: bool = False,
-          until: str = "pack", say=lambda msg: None) -> dict:
+          until: str = "pack", seed: int | None = None, say=lambda msg: None) -> dict:
     """Build `design` for `board_name` in directory `out` up to step `until` (one of
     `STEP_ORDER`: "synth" measures resources only); return the report.
+
+    `seed` places and routes with that nextpnr seed instead of nextpnr's default: the same
+    netlist placed another way, to measure how far one placement moves Fmax.
 
     The report is also written to `out`/report.json. `ok` is true when every step up to
     `until` ran and `problems` (see `check_report`) is empty; the flow stops at the first step
@@ -669,7 +673,7 @@ def build(board_name: str, design: Design, out: Path, *, force: bool = False,
         platform.add_resources(getattr(platform, board.extra_resources))
     top = BoardTop(board, design.factory(design.chip), design.chip.clk_hz)
     name = re.sub(r"\W", "_", design.name)
-    plan = platform.prepare(top, name, emit_src=False, **_overrides(family, name))
+    plan = platform.prepare(top, name, emit_src=False, **_overrides(family, name, seed))
     commands = json.loads(plan.files[f"build_{name}.json"])["commands"]
     digest = _design_hash(plan)
     report = {
@@ -681,7 +685,7 @@ def build(board_name: str, design: Design, out: Path, *, force: bool = False,
             "f_in_hz": top.pll.f_in, "f_out_hz": top.pll.f_out,
             "f_vco_hz": int(top.pll.f_vco), "params": top.pll.params},
         "date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": _versions(),
-        "design_hash": digest, "commit": _commit(), "until": until,
+        "design_hash": digest, "commit": _commit(), "until": until, "seed": seed,
         "build_dir": _rel(build_dir), "cached": False,
         "steps_s": {"elaborate": round(time.monotonic() - t0, 1)},
     }
@@ -818,7 +822,8 @@ def _row(r: dict) -> str:
     budget = BOARDS[r["board"]].lut4_per_lane
     per_lane = f"{lut4_per_lane(r):.1f}" + (
         "" if budget is None else f" (at most {budget})")
-    return (f"| {r['board']} ({r['device']}) | {r['design']}, {r['scale_point']} "
+    seed = "" if r.get("seed") is None else f", nextpnr seed {r['seed']}"
+    return (f"| {r['board']} ({r['device']}) | {r['design']}, {r['scale_point']}{seed} "
             f"| {r['lanes']} ({r['rows']} x {r['token_lanes']}) | {_mhz(r['clk_hz'])} "
             f"| {'-' if fmax is None else f'{fmax:.1f} MHz'} | "
             + " | ".join(cell(k) for k in ("logic_cells", "lut4"))
@@ -884,10 +889,15 @@ def main(argv=None) -> int:
     ap.add_argument("--results", type=Path,
                     help="update this results file (docs/results.md): the rows of the boards "
                          "built replace theirs, other rows are kept")
+    ap.add_argument("--seed", type=int, metavar="N",
+                    help="place and route with nextpnr seed N (a placement other than the "
+                         "default one, into OUT/<board>-seedN/; its results row names the seed)")
     ap.add_argument("--force", action="store_true",
                     help="rebuild even when the design and flow are unchanged")
     ap.add_argument("--json", action="store_true", help="print the reports as one JSON list")
     args = ap.parse_args(argv)
+    if args.seed is not None and not 0 <= args.seed < 2**31:
+        ap.error(f"--seed {args.seed}: must be in 0..{2**31 - 1}")
     command = " ".join(["python -m rtl.fpga", *(sys.argv[1:] if argv is None else argv)])
 
     def say(msg):
@@ -902,8 +912,10 @@ def main(argv=None) -> int:
                 suffix = "" if args.top is None else f"-{design.name}"
                 if lanes is not None:
                     suffix += f"-{lanes}lanes"
+                if args.seed is not None:
+                    suffix += f"-seed{args.seed}"
                 report = build(board, design, args.out / f"{board}{suffix}", force=args.force,
-                               until=args.until, say=say)
+                               until=args.until, seed=args.seed, say=say)
             except ValueError as e:
                 report = {"board": board, "ok": False, "problems": [str(e)]}
             except BuildError as e:

@@ -330,6 +330,41 @@ def test_results_keep_other_boards_rows():
     assert fpga.kept_rows("no section here", [ice2]) == []
 
 
+def test_results_row_names_its_seed_and_keeps_the_default_one():
+    """A build with another nextpnr seed gets a row of its own beside the default placement's,
+    naming the seed; building that seed again replaces only it."""
+    ice, seeded = board_report(), board_report(seed=2, commit="5eed000")
+    both = fpga.render([ice, seeded], "python -m rtl.fpga")
+    assert "| chip, tiny |" in both and "| chip, tiny, nextpnr seed 2 |" in both
+    kept = fpga.kept_rows(both, [board_report(seed=2)])
+    assert len(kept) == 1 and "nextpnr seed" not in kept[0]
+    kept = fpga.kept_rows(both, [board_report()])
+    assert len(kept) == 1 and "nextpnr seed 2" in kept[0] and "5eed000" in kept[0]
+
+
+def test_seed_reaches_nextpnr_and_the_report(tmp_path):
+    """`seed` is on nextpnr's command line in the flow script, in the report, and in the
+    design hash, so that a build with another seed is never served from the cache."""
+    board, top = "icebreaker", "rtl.compare:ternary_array"
+    design = fpga.design_for(board, top=top)
+    plain = fpga.build(board, design, tmp_path / "plain", until="synth")
+    seeded = fpga.build(board, design, tmp_path / "seeded", until="synth", seed=7)
+    script = (tmp_path / "seeded" / "build_ternary_array.sh").read_text()
+    assert re.search(r"^\"\$NEXTPNR_ICE40\" .* --seed 7 ", script, re.M)
+    assert "--seed" not in (tmp_path / "plain" / "build_ternary_array.sh").read_text()
+    assert (plain["seed"], seeded["seed"]) == (None, 7)
+    assert plain["design_hash"] != seeded["design_hash"]
+    on_disk = json.loads((tmp_path / "seeded" / "report.json").read_text())
+    assert on_disk["seed"] == 7
+
+
+def test_cli_refuses_a_seed_out_of_range(capsys):
+    with pytest.raises(SystemExit) as e:
+        fpga.main(["--board", "icebreaker", "--seed", "-1"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "--seed -1" in err and len(err.splitlines()) == 1
+
+
 # -- the iCEBreaker bitstream --------------------------------------------------------------------
 
 @pytest.mark.slow
