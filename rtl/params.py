@@ -316,8 +316,8 @@ CHIPS = {
     # its paths reach about 72 MHz (docs/results.md), so the PLL makes 65 MHz from the 25 MHz
     # oscillator. 150 MHz needs the program memory's output registered (5.8 ns of block RAM
     # clock-to-out before the issue decisions) and the lanes' step and clear registered in
-    # copies near their rows (they reach 7,520 accumulator flip-flops); both add cycles the
-    # simulator must model.
+    # copies near their rows (they reach 7,520 accumulator flip-flops); the fetch stage adds
+    # a cycle the simulator must model.
     "ulx3s": ChipParams(name="ulx3s", array=SCALE_POINTS["ecp5"], mem_words=4096,
                         clk_hz=65_000_000, baud=1_000_000, registered_program_write=True),
 }
