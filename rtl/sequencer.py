@@ -6,7 +6,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .isa import INSTR_BITS, PC_BITS, ErrorCode, Unit
-from .memport import read_port
+from .memport import read_port, registered
 from .params import ArrayParams
 from .predecode import Predecoder, pre_layout
 
@@ -88,9 +88,7 @@ class Dispatcher(wiring.Component):
         # in front of the memory). The predecode port reads through that write, so a run may
         # start in the cycle after the last write.
         wp, wp_pre = imem.write_port(), pmem.write_port()
-        pre_we = Signal()
-        pre_addr = Signal.like(self.imem_addr)
-        m.d.sync += [pre_we.eq(self.imem_we), pre_addr.eq(self.imem_addr)]
+        pre_we, pre_addr = registered(m, "pre_", we=self.imem_we, addr=self.imem_addr)
         m.d.comb += [wp.en.eq(self.imem_we), wp.addr.eq(self.imem_addr),
                      wp.data.eq(self.imem_data), predecoder.instr.eq(self.imem_data),
                      wp_pre.en.eq(pre_we), wp_pre.addr.eq(pre_addr),

@@ -234,9 +234,9 @@ class Accelerator(wiring.Component):
             "s2c": (store.push_prev, comp.pop_next, comp.tok_next),
         }
         # A token overflow is reported a cycle after the push (see below). Each link's overflow
-        # and its pusher's pc are registered as they happen, and the first by link order is
-        # chosen after those registers: the push and the pop come from the units' retire and
-        # issue decisions, which are as deep as a cycle allows.
+        # and its pusher's pc are registered as they happen, and one is chosen after those
+        # registers, the last by link order (as the simulator reports it): the push and the pop
+        # come from the units' retire and issue decisions, which are as deep as a cycle allows.
         overflow_q = Signal()
         overflow_pc_q = Signal(PC_BITS)
         pusher_pc = {"l2c": load.retire_pc, "c2l": comp.retire_pc, "c2s": comp.retire_pc,

@@ -41,6 +41,7 @@ from amaranth.lib.wiring import In, Out
 
 from rtl.chip import Chip
 from rtl.compare import KINDS, SerialHarness
+from rtl.fpga import ResetHold
 from rtl.params import CHIPS, SCALE_POINTS
 from rtl.top import Accelerator
 
@@ -310,6 +311,15 @@ def test_chip_has_no_multiplier_operator(board):
     assert_reaches_lanes(ops, CHIPS[board].array.lanes, board)
     found = ast_multipliers(ops, instances)
     assert not found, f"{board}: {found}"
+
+
+def test_board_wrapper_reset_has_no_multiplier_operator():
+    # The board wrapper's own logic (rtl.fpga.BoardTop: a PLL instance, a reset synchronizer and
+    # this hold timer) beside the chip: the timer is walked the same way.
+    ops, instances = design_operators(_ir.Fragment.get(ResetHold(375), None))
+    assert ops, "the walk saw no operator in the reset hold timer"
+    found = ast_multipliers(ops, instances)
+    assert not found, f"reset hold: {found}"
 
 
 @pytest.mark.parametrize("kind", KINDS)
