@@ -6,6 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from .isa import INSTR_BITS, NM_M, NM_MIN_N, PC_BITS, ErrorCode, Opcode, instr_layout
 from .lane import TernaryLane
+from .memport import copies
 from .params import ArrayParams
 
 __all__ = ["ComputeUnit", "popcount", "tree_sum"]
@@ -223,8 +224,8 @@ class ComputeUnit(wiring.Component):
         s1_nm = Signal()
         s1_slot = Signal.like(slot)
         finishing = Signal()
-        s1_clear = Signal()     # in-lane accumulators: start a non-accumulating group from 0
-        m.d.sync += [s1.eq(0), s1_clear.eq(0)]
+        clear = Signal()        # in-lane accumulators: start a non-accumulating group from 0
+        m.d.sync += s1.eq(0)
         m.d.comb += [
             self.w_addr.eq(wbuf + k),
             self.a_addr.eq(grow + (bytepos >> port_shift)),
@@ -243,8 +244,9 @@ class ComputeUnit(wiring.Component):
                              self.fault.eq(1)]
             with m.Else():
                 final = last_k & last_tokens
+                m.d.comb += clear.eq(first_k & ~accumulate)
                 m.d.sync += [
-                    s1.eq(1), s1_clear.eq(first_k & ~accumulate), s1_first.eq(first_k),
+                    s1.eq(1), s1_first.eq(first_k),
                     s1_last.eq(last_k), s1_final.eq(final),
                     s1_g.eq(acc + g), s1_off.eq(bytepos[:port_shift]),
                     s1_tok.eq(Cat(*[tokens_left > j for j in range(p.token_lanes)])),
@@ -352,16 +354,31 @@ class ComputeUnit(wiring.Component):
         s2_push = Signal(2)
         s2_tok = Signal(p.token_lanes)
         x_bytes = (NM_M if p.nm else 1) * p.token_lanes
-        s2_x = Signal(8 * x_bytes)
         s2_nz = Signal(p.row_lanes)
         s2_neg = Signal(p.row_lanes)
+        w_nz = [self.w_data[lb * r] & s1_mask[r] for r in range(p.row_lanes)]
         m.d.sync += [
             s2.eq(s1), s2_first.eq(s1_first), s2_last.eq(s1_last), s2_final.eq(s1 & s1_final),
             s2_acc.eq(s1_acc), s2_g.eq(s1_g), s2_pc.eq(s1_pc),
-            s2_push.eq(s1_push), s2_tok.eq(s1_tok), s2_x.eq(act[:len(s2_x)]),
-            s2_nz.eq(Cat(*[self.w_data[lb * r] & s1_mask[r] for r in range(p.row_lanes)])),
+            s2_push.eq(s1_push), s2_tok.eq(s1_tok),
+            s2_nz.eq(Cat(*w_nz)),
             s2_neg.eq(Cat(*[self.w_data[lb * r + 1] for r in range(p.row_lanes)])),
         ]
+        # What every lane shares, the activations and (held lanes) the clear, in one register
+        # per `fanout_rows` rows (`ArrayParams.fanout_rows`): copy r // fanout_rows serves row r.
+        n_copies = -(-p.row_lanes // p.fanout_rows) if p.fanout_rows else 1
+        rows_per_copy = p.fanout_rows or p.row_lanes
+        s2_xs = copies(m, "s2_x", act[:8 * x_bytes], n_copies)
+        if p.acc_in_lanes:
+            # The lane holds the group; clearing it in stage 1, one cycle ahead of the first add,
+            # drops only a result this MATMUL overwrites anyway.
+            s1_clears = copies(m, "s1_clear", clear, n_copies)
+            # A step with a zero weight leaves a held lane as it is, so each lane's step and
+            # nonzero weight are one flag, registered from stage 1 (its clock enable, straight
+            # from a flip-flop of its own).
+            s2_upd = Signal(p.lanes)
+            m.d.sync += s2_upd.eq(Cat(*[s1 & s1_tok[j] & w_nz[r] for j in range(p.token_lanes)
+                                        for r in range(p.row_lanes)]))
         # With N:M slots, row r's lanes read column 8q + (c + d_r) mod 8 of the group.
         pos = []
         for r in range(p.row_lanes):
@@ -374,28 +391,27 @@ class ComputeUnit(wiring.Component):
         # -- stage 2: the lanes ----------------------------------------------------------------
         totals = []
         for j in range(p.token_lanes):
-            x_dense = s2_x[8 * j:8 * j + 8].as_signed()
+            x_dense = [s2_x[8 * j:8 * j + 8].as_signed() for s2_x in s2_xs]
             if p.nm:
-                x_of = Array([s2_x[8 * (i * p.token_lanes + j):8 * (i * p.token_lanes + j) + 8]
-                              for i in range(NM_M)])
+                x_of = [Array([s2_x[8 * (i * p.token_lanes + j):8 * (i * p.token_lanes + j) + 8]
+                               for i in range(NM_M)]) for s2_x in s2_xs]
             for r in range(p.row_lanes):
                 lane = TernaryLane(p.acc_bits, held=p.acc_in_lanes)
                 m.submodules[f"lane_{j}_{r}"] = lane
+                c = r // rows_per_copy
                 m.d.comb += [
-                    lane.step.eq(s2),
-                    lane.nz.eq(s2_nz[r] & s2_tok[j]),
                     lane.neg.eq(s2_neg[r]),
-                    lane.x.eq(x_of[pos[r]].as_signed() if p.nm else x_dense),
+                    lane.x.eq(x_of[c][pos[r]].as_signed() if p.nm else x_dense[c]),
                 ]
                 if p.acc_in_lanes:
-                    # The lane holds the group; clearing it in stage 1, one cycle ahead of the
-                    # first add, drops only a result this MATMUL overwrites anyway.
-                    m.d.comb += lane.clear.eq(s1_clear)
+                    upd = s2_upd[j * p.row_lanes + r]
+                    m.d.comb += [lane.step.eq(upd), lane.nz.eq(upd), lane.clear.eq(s1_clears[c])]
                     totals.append(lane.acc)
                 else:
                     idx = j * p.row_lanes + r
                     init = self.c_rdata[idx * p.acc_bits:(idx + 1) * p.acc_bits].as_signed()
-                    m.d.comb += [lane.first.eq(s2_first), lane.init.eq(Mux(s2_acc, init, 0))]
+                    m.d.comb += [lane.step.eq(s2), lane.nz.eq(s2_nz[r] & s2_tok[j]),
+                                 lane.first.eq(s2_first), lane.init.eq(Mux(s2_acc, init, 0))]
                     totals.append(lane.total)
 
         # -- counters: stage 1's busy lanes, and its zero weights a cycle later ------------------

@@ -48,6 +48,7 @@ from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import Out
 
 from .cli import ArgumentParser
+from .memport import COPY_ATTR
 from .results import write_section
 
 __all__ = ["BOARDS", "DEVICES", "BoardTop", "BuildError", "Design", "build", "check_report",
@@ -448,6 +449,10 @@ def _tool_env() -> dict:
 #: Amaranth builds synchronous itself (the transparent accumulator read) keep their semantics.
 NO_RW_CHECK = "setattr -set no_rw_check 1 m:*"
 
+#: Copies of one register (`rtl.memport.copies`) are the same logic, which Yosys would merge
+#: back into a single flip-flop driving every load: their flip-flops are marked to keep.
+KEEP_COPIES = f"setattr -set keep 1 a:{COPY_ATTR} %ci1 t:$dff %i"
+
 
 def _tool_command(tool: str) -> str:
     return os.environ.get(tool.upper().replace("-", "_"), TOOLS[tool])
@@ -458,7 +463,7 @@ def _overrides(family: str, name: str, seed: int | None = None) -> dict:
     seed_opts = [] if seed is None else ["--seed", str(seed)]
     return {
         "synth_opts": ["-run", ":map_luts"],
-        "script_after_read": NO_RW_CHECK,
+        "script_after_read": "\n".join([NO_RW_CHECK, KEEP_COPIES]),
         "script_after_synth": "\n".join([*(line.format(name=name)
                                            for line in YOSYS_MAP_LUTS[family]), stat]),
         # Timing is judged here (check_report), so nextpnr finishes and writes its report.

@@ -12,12 +12,16 @@ memory `no_rw_check`, which Yosys applies where it merges such a register: the b
 In simulation the port behaves exactly like `Memory.read_port()`.
 
 `registered` delays a write port's enable, address and data by a cycle, for writes whose
-source lies far from the memory.
+source lies far from the memory. `copies` registers one value in several flip-flops, each
+serving part of a wide fan-out; the FPGA flow keeps them apart (`rtl.fpga.KEEP_COPIES`).
 """
 
-from amaranth.hdl import Signal
+from amaranth.hdl import Signal, Value
 
-__all__ = ["read_port", "registered"]
+__all__ = ["COPY_ATTR", "copies", "read_port", "registered"]
+
+#: The attribute that marks a flip-flop copy (`copies`) for the FPGA flow.
+COPY_ATTR = "fanout_copy"
 
 
 def read_port(m, memory, *, en=None, domain: str = "sync"):
@@ -43,4 +47,15 @@ def registered(m, prefix: str, domain: str = "sync", **values) -> tuple:
     `prefix + key`: for a write port, its enable, address and data."""
     regs = tuple(Signal.like(v, name=f"{prefix}{k}") for k, v in values.items())
     m.d[domain] += [r.eq(v) for r, v in zip(regs, values.values())]
+    return regs
+
+
+def copies(m, name: str, value, n: int, domain: str = "sync") -> list:
+    """`n` flip-flops that each take `value` every cycle, named `name_0` ... : the same register
+    `n` times, so that each copy drives only its share of the loads. Synthesis would merge
+    them back into one (they are the same logic), so each carries `COPY_ATTR`, for which the
+    FPGA flow marks their flip-flops to keep."""
+    shape = Value.cast(value).shape()
+    regs = [Signal(shape, name=f"{name}_{i}", attrs={COPY_ATTR: 1}) for i in range(n)]
+    m.d[domain] += [r.eq(value) for r in regs]
     return regs

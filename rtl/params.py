@@ -81,6 +81,16 @@ class ArrayParams:
         waiting for its unit is held in flip-flops, instead of the memory holding it with its
         read enable: no issue decision reaches a block RAM. No cycle changes. It costs a
         flip-flop and a mux per bit of an instruction and its predecode (about 300 iCE40 cells).
+    prefetch : the program memory (and its predecode) is read ahead into flip-flops, a register
+        as the word leaves the block RAM and a queue of two behind the instruction being
+        decoded: no issue decision sees a block RAM's output, nor reaches its enable or
+        address. The first instruction is decoded a cycle later (one cycle more per run); after
+        that one per cycle as without it (`rtl.sequencer`). Instead of `held_fetch`; it costs
+        four registers of an instruction and its predecode.
+    fanout_rows : COMPUTE registers what all lanes share in stage 2 (the activations, and a
+        held lane's clear) in one copy per `fanout_rows` rows, so that no flip-flop drives
+        more than those rows' lanes; 0 for a single copy. No cycle changes. It costs the
+        copies' flip-flops (the FPGA flow keeps them apart: `rtl.memport.copies`).
     mem : timing of the external memory port.
     """
 
@@ -100,6 +110,8 @@ class ArrayParams:
     registered_decode: bool = False
     registered_weight_write: bool = False
     held_fetch: bool = False
+    prefetch: bool = False
+    fanout_rows: int = 0
     mem: MemTiming = field(default_factory=MemTiming)
 
     def __post_init__(self):
@@ -118,6 +130,9 @@ class ArrayParams:
             (self.queue_depth >= 0, "queue_depth must be >= 0"),
             (self.token_depth >= 1, "token_depth must be >= 1"),
             (self.loads_in_flight >= 1, "loads_in_flight must be >= 1"),
+            (self.fanout_rows >= 0, "fanout_rows must be >= 0"),
+            (not (self.held_fetch and self.prefetch),
+             "held_fetch and prefetch are two ways to fetch: choose one"),
             (self.imem_depth >= 2, "imem_depth must be >= 2"),
             (16 <= self.counter_bits <= 64, "counter_bits must be in 16..64"),
             (len(self.encodings) >= 1 and set(self.encodings) <= set(WeightEncoding),
@@ -129,6 +144,11 @@ class ArrayParams:
         for ok, why in checks:
             if not ok:
                 raise ValueError(f"ArrayParams {self.name!r}: {why}")
+
+    @property
+    def first_decode(self) -> int:
+        """The cycle of a run (0: the first RUNNING cycle) that decodes its first instruction."""
+        return int(self.prefetch)
 
     @property
     def row_lanes(self) -> int:
@@ -215,7 +235,7 @@ SCALE_POINTS = {
     # then the predecode block RAM into the issue decisions and back to its enable (held_fetch).
     "ecp5": ArrayParams(name="ecp5", port_bytes=32, token_lanes=2,
                         wbuf_rows=1024, abuf_rows=512, acc_groups=1, registered_decode=True,
-                        registered_weight_write=True, held_fetch=True),
+                        registered_weight_write=True, prefetch=True, fanout_rows=4),
     # The reference design: a 1024-bit port (128 B/cycle), 640 rows x 2 tokens = 1280 lanes.
     # 640 rows divide the 2B4T projection heights 2560 and 640 and tile 6912 at 98%.
     # It implements N:M structured sparse weights (rtl.isa NM) besides the dense encodings.

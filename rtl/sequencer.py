@@ -1,6 +1,6 @@
 """The dispatcher: fetch from program memory, decode the header, hand out to the unit queues."""
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -94,7 +94,54 @@ class Dispatcher(wiring.Component):
                      wp_pre.en.eq(pre_we), wp_pre.addr.eq(pre_addr),
                      wp_pre.data.eq(predecoder.pre)]
         advance = Signal()
-        if p.held_fetch:
+        # The instruction being decoded is there (only `prefetch` ever lacks one: in the first
+        # cycle after start).
+        head_v = Signal()
+        if p.prefetch:
+            # Every word read passes through flip-flops before any decision sees it: the read
+            # word `r` (registered as it leaves the block RAM, every cycle), and behind the
+            # instruction being decoded a queue of up to two, `q`, that holds what arrived while
+            # it waited. Words read and not yet taken (in `q`, in `r` and at the memories'
+            # output) never exceed two: a word is read in a cycle only if there will
+            # be room for it whatever the next cycles take, so a stall loses nothing and a stream
+            # goes on at one instruction per cycle. The first instruction is decoded in the
+            # second cycle after start instead of the first.
+            rp, fetched = read_port(m, imem)
+            rp_pre = pmem.read_port(transparent_for=(wp_pre,))
+            width = INSTR_BITS + pre_layout.size
+            r = Signal(width, reset_less=True)
+            q = [Signal(width, reset_less=True, name=f"q{i}") for i in range(2)]
+            # `start` reads address 0: the memories' output then holds a wanted word and the
+            # next read is at 1 (the initial values are the same, for a reset by `start`).
+            f_v = Signal(init=1)            # the memories' output is a word read for the queue
+            r_v = Signal()                  # `r` holds one
+            n_q = Signal(range(3))          # words in `q`
+            some_q = Signal()               # n_q != 0, as a register
+            fa = Signal(PC_BITS, init=1)    # the next address to read
+            m.d.sync += r.eq(Cat(fetched, rp_pre.data))
+            head = Mux(some_q, q[0], r)
+            m.d.comb += [head_v.eq(some_q | r_v), rp.addr.eq(fa)]
+            instr, pre_word = head[:INSTR_BITS], head[INSTR_BITS:]
+            pop = advance
+            read = Signal()
+            m.d.comb += read.eq(n_q + r_v + f_v - pop <= 1)
+            with m.If(read):
+                m.d.sync += fa.eq(fa + 1)
+            # After the pop, what waits (q, then r) is the queue; the memories' word moves to r.
+            n_next = n_q + r_v - pop
+            m.d.sync += [f_v.eq(read), r_v.eq(f_v), n_q.eq(n_next), some_q.eq(n_next != 0)]
+            with m.If(self.start):
+                m.d.sync += [fa.eq(1), f_v.eq(1), r_v.eq(0), n_q.eq(0), some_q.eq(0)]
+            with m.If(pop):
+                with m.If(n_q == 1):        # q0 taken: r (if any) moves up
+                    m.d.sync += q[0].eq(r)
+                with m.Elif(n_q == 2):      # q0 taken: q1 moves up (r is empty when q is full)
+                    m.d.sync += q[0].eq(q[1])
+            with m.Elif(n_q == 0):          # nothing taken: r (if any) waits
+                m.d.sync += q[0].eq(r)
+            with m.Elif(n_q == 1):
+                m.d.sync += q[1].eq(r)
+        elif p.held_fetch:
             # The memories read every cycle, at pc + 1 (or 0 at start), and the instruction
             # being decoded is the word read last cycle after an advance, else a copy held in
             # flip-flops: no issue decision reaches a block RAM's enable or address.
@@ -107,13 +154,13 @@ class Dispatcher(wiring.Component):
             instr, pre_word = Signal.like(fetched), Signal(pre_layout.size)
             m.d.sync += [moved.eq(self.start | advance), held.eq(instr), held_pre.eq(pre_word)]
             m.d.comb += [instr.eq(Mux(moved, fetched, held)),
-                         pre_word.eq(Mux(moved, rp_pre.data, held_pre))]
+                         pre_word.eq(Mux(moved, rp_pre.data, held_pre)), head_v.eq(1)]
         else:
             # The read ports hold their data while not enabled, so a stalled instruction stays
             # put.
             rp, instr = read_port(m, imem, en=self.start | advance)
             rp_pre = pmem.read_port(transparent_for=(wp_pre,))
-            m.d.comb += rp_pre.en.eq(self.start | advance)
+            m.d.comb += [rp_pre.en.eq(self.start | advance), head_v.eq(1)]
             pre_word = rp_pre.data
         m.d.comb += rp_pre.addr.eq(rp.addr)
 
@@ -127,9 +174,10 @@ class Dispatcher(wiring.Component):
         m.d.comb += [self.instr.eq(instr), self.pc.eq(pc),
                      self.unit_err.eq(pre.unit_err), self.unit_bad.eq(pre.bad),
                      self.refuse0.eq(pre.refuse0), self.single.eq(pre.single)]
-        # The port reads only when it advances (or starts): its address need not wait for the
-        # issue decisions behind `advance`.
-        m.d.comb += rp.addr.eq(pc_next)
+        if not p.prefetch:
+            # The port reads only when it advances (or starts): its address need not wait for
+            # the issue decisions behind `advance`.
+            m.d.comb += rp.addr.eq(pc_next)
         with m.If(self.start):
             m.d.sync += [pc.eq(0), pc_next.eq(1), last.eq(p.imem_depth == 1)]
             m.d.comb += rp.addr.eq(0)
@@ -139,7 +187,7 @@ class Dispatcher(wiring.Component):
 
         # One bit per decision: `go` is the predecoded "no dispatcher error, to this unit".
         go = pre.go
-        with m.If(self.run):
+        with m.If(self.run & head_v):
             with m.If(pre.disp_err != ErrorCode.NONE):
                 m.d.comb += [self.error.eq(pre.disp_err), self.fault.eq(1)]
             with m.Elif(go[Unit.DISPATCH]):
@@ -152,7 +200,8 @@ class Dispatcher(wiring.Component):
                 m.d.comb += [self.error.eq(ErrorCode.NO_HALT), self.fault.eq(1)]
         for u in (Unit.LOAD, Unit.COMPUTE, Unit.STORE):
             # (With queues, a full queue stalls even the instruction at the last address.)
-            here = self.run & go[u] & (~last if p.queue_depth == 0 else ~last | self.full[u])
+            here = self.run & head_v & go[u] & \
+                (~last if p.queue_depth == 0 else ~last | self.full[u])
             if p.queue_depth == 0:
                 m.d.comb += self.offer[u].eq(here)
             with m.If(here):

@@ -482,10 +482,12 @@ class _Run:
         while True:
             self.pops = dict.fromkeys(self.tokens, 0)
             levels = {u: len(q) for u, q in self.queues.items()}
-            # Program memory past the program holds zeros: an illegal opcode.
+            # Program memory past the program holds zeros: an illegal opcode. Before the first
+            # instruction is fetched (`prefetch`), the dispatcher decodes nothing.
+            fetched = c >= p.first_decode
             ins = self.program[self.pc] if self.pc < len(self.program) else None
             offered = None
-            if p.queue_depth == 0 and ins is not None:
+            if p.queue_depth == 0 and ins is not None and fetched:
                 # No queues: the dispatcher's instruction is its unit's head this cycle, unless
                 # the dispatcher refuses it (bad dependency, the last address).
                 unit = _unit_of(ins)
@@ -507,9 +509,9 @@ class _Run:
 
             # The dispatcher.
             dispatched = halted = stall_d = halt_wait = False
-            if ins is None:
+            if fetched and ins is None:
                 self._error(c, _PRIO_DISPATCH, ErrorCode.ILLEGAL_OPCODE, self.pc)
-            if ins is not None:
+            elif fetched:
                 unit = _unit_of(ins)
                 if _bad_dependency(ins, unit):
                     self._error(c, _PRIO_DISPATCH, ErrorCode.BAD_DEPENDENCY, self.pc)
@@ -579,7 +581,7 @@ class _Run:
                 self._count_stalls(stalls, 1)
                 break
 
-            if issued_l or issued_c or issued_s or dispatched or retiring:
+            if issued_l or issued_c or issued_s or dispatched or retiring or not fetched:
                 nxt = c + 1
             else:
                 future = [t for t in (self.gen_free, self.comp_free, self.store_free,

@@ -23,6 +23,9 @@ PARAMS = ArrayParams(name="t", port_bytes=4, token_lanes=2, wbuf_rows=64, abuf_r
 #: The same with the program memory read every cycle and a waiting instruction held in
 #: flip-flops (`ArrayParams.held_fetch`), which must not change a cycle.
 HELD = dataclasses.replace(PARAMS, name="t-held", held_fetch=True)
+#: The same with the program read ahead into flip-flops (`ArrayParams.prefetch`): the first
+#: instruction is decoded a cycle later, and then every cycle is as without it.
+PREFETCH = dataclasses.replace(PARAMS, name="t-prefetch", prefetch=True)
 DEPTH = PARAMS.imem_depth
 SEEDS = range(1, 5)
 FLAG_BIT = {f.name: f.lsb for f in FORMATS[Opcode.HALT] if f.name != "opcode"}
@@ -35,14 +38,14 @@ LEGAL_FLAGS = {
 }
 
 
-@pytest.fixture(scope="module", params=[PARAMS, HELD], ids=lambda p: p.name)
+@pytest.fixture(scope="module", params=[PARAMS, HELD, PREFETCH], ids=lambda p: p.name)
 def dispatcher(request):
     """Build Dispatcher(params) with Verilator once for this module."""
     params = request.param
     t = time.monotonic()
     runner, bdir = build(Dispatcher(params), f"dispatcher-{params.name}", toplevel=TOPLEVEL)
     print(f"\nDispatcher({params.name}) Verilator build: {time.monotonic() - t:.1f} s")
-    return runner, bdir
+    return runner, bdir, params
 
 
 # -- stimulus ------------------------------------------------------------------------------------
@@ -71,9 +74,11 @@ def job(program: list, seed: int, full_p: float = 0.4, drained_p: float = 0.3,
 
 
 def run_dispatch(dispatcher, jobs: list) -> list:
-    runner, bdir = dispatcher
-    return run_cocotb(runner, bdir, "testbench.dispatcher_cocotb", TOPLEVEL,
-                      {"jobs": jobs})["results"]
+    """Each job's result, with the cycle of its first decode (`ArrayParams.first_decode`)."""
+    runner, bdir, params = dispatcher
+    results = run_cocotb(runner, bdir, "testbench.dispatcher_cocotb", TOPLEVEL,
+                         {"jobs": jobs})["results"]
+    return [{**res, "first_decode": params.first_decode} for res in results]
 
 
 # -- model and checks ----------------------------------------------------------------------------
@@ -107,9 +112,10 @@ def check_run(program: list, res: dict, label: str, end: tuple) -> list:
     for cycle, (run, full, drained, disp, word, got_pc, halted, stall, error) in \
             enumerate(res["cycles"]):
         at = f"{label} cycle={cycle}"
-        if not run:
+        if not run or cycle < res["first_decode"]:
+            why = "run low" if not run else "nothing fetched yet"
             assert (disp, halted, stall, error) == (0, 0, 0, 0), \
-                f"{at}: run low but dispatch={disp} halted={halted} stall={stall} error={error}"
+                f"{at}: {why} but dispatch={disp} halted={halted} stall={stall} error={error}"
             continue
         want = program[pc]
         assert got_pc == pc, f"{at}: pc={got_pc}, want {pc}"
@@ -185,7 +191,8 @@ def test_halt_waits_for_drained(dispatcher):
     cycles = res["cycles"]
     assert len(cycles) == low + 1, f"{label}: HALT retired at cycle {len(cycles) - 1}, want {low}"
     waiting = [r for r in cycles if r[5] == 10]
-    assert len(waiting) == low + 1 - 10, f"{label}: HALT decoded for {len(waiting)} cycles"
+    assert len(waiting) == low + 1 - 10 - res["first_decode"], \
+        f"{label}: HALT decoded for {len(waiting)} cycles"
     assert all(r[3] == r[6] == r[7] == r[8] == 0 for r in waiting[:-1]), \
         f"{label}: activity while HALT waits for drained"
 

@@ -12,12 +12,13 @@ from fractions import Fraction
 
 import pytest
 from amaranth.back import rtlil
-from amaranth.hdl import Module
+from amaranth.hdl import Cat, Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from rtl import fpga
+from rtl.memport import copies
 from rtl.params import CHIPS
 
 MHZ = 10**6
@@ -178,6 +179,40 @@ def test_reset_hold_releases_after_cycles_from_a_register(cycles):
     cells = rtlil.convert(fpga.ResetHold(cycles)).split("\n  cell ")[1:]
     drivers = [c.split()[0] for c in cells if re.search(r"connect \\Q \\rst$", c, re.M)]
     assert drivers == ["$dff"]
+
+
+# -- register copies ------------------------------------------------------------------------------
+
+class _TwoCopies(wiring.Component):
+    """One bit registered twice (`rtl.memport.copies`), each copy gating half of a byte."""
+
+    d: In(1)
+    a: In(8)
+    y: Out(8)
+
+    def elaborate(self, platform):
+        m = Module()
+        c = copies(m, "d_q", self.d, 2)
+        m.d.comb += self.y.eq(Cat(self.a[:4] & c[0].replicate(4), self.a[4:] & c[1].replicate(4)))
+        return m
+
+
+@pytest.mark.parametrize("family", ["ecp5", "ice40"])
+def test_flow_keeps_register_copies_apart(tmp_path, family):
+    """The flow's Yosys script keeps both copies as flip-flops; without its line for them,
+    Yosys merges them into one (so the count below tells the two apart)."""
+    (tmp_path / "top.il").write_text(rtlil.convert(_TwoCopies()))
+    after_read = fpga._overrides(family, "top")["script_after_read"]
+    ff = fpga.SYNTH_CELLS[family]["ff"]
+    counts = []
+    for script in (after_read, after_read.replace(fpga.KEEP_COPIES, "")):
+        cmd = f"read_rtlil top.il; {script.replace(chr(10), '; ')}; " \
+              f"synth_{family} -noabc9 -top top; tee -q -o stat.json stat -json"
+        subprocess.run([fpga._tool_command("yosys"), "-q", "-p", cmd], cwd=tmp_path,
+                       check=True, env=fpga._tool_env())
+        cells = json.loads((tmp_path / "stat.json").read_text())["design"]["num_cells_by_type"]
+        counts.append(sum(n for t, n in cells.items() if re.fullmatch(ff, t)))
+    assert counts == [2, 1]
 
 
 # -- report parsing and checks -------------------------------------------------------------------
