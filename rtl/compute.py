@@ -354,25 +354,24 @@ class ComputeUnit(wiring.Component):
         s2_push = Signal(2)
         s2_tok = Signal(p.token_lanes)
         x_bytes = (NM_M if p.nm else 1) * p.token_lanes
+        s2_x = Signal(8 * x_bytes)
         s2_nz = Signal(p.row_lanes)
         s2_neg = Signal(p.row_lanes)
         w_nz = [self.w_data[lb * r] & s1_mask[r] for r in range(p.row_lanes)]
         m.d.sync += [
             s2.eq(s1), s2_first.eq(s1_first), s2_last.eq(s1_last), s2_final.eq(s1 & s1_final),
             s2_acc.eq(s1_acc), s2_g.eq(s1_g), s2_pc.eq(s1_pc),
-            s2_push.eq(s1_push), s2_tok.eq(s1_tok),
+            s2_push.eq(s1_push), s2_tok.eq(s1_tok), s2_x.eq(act[:len(s2_x)]),
             s2_nz.eq(Cat(*w_nz)),
             s2_neg.eq(Cat(*[self.w_data[lb * r + 1] for r in range(p.row_lanes)])),
         ]
-        # What every lane shares, the activations and (held lanes) the clear, in one register
-        # per `fanout_rows` rows (`ArrayParams.fanout_rows`): copy r // fanout_rows serves row r.
-        n_copies = -(-p.row_lanes // p.fanout_rows) if p.fanout_rows else 1
-        rows_per_copy = p.fanout_rows or p.row_lanes
-        s2_xs = copies(m, "s2_x", act[:8 * x_bytes], n_copies)
         if p.acc_in_lanes:
             # The lane holds the group; clearing it in stage 1, one cycle ahead of the first add,
-            # drops only a result this MATMUL overwrites anyway.
-            s1_clears = copies(m, "s1_clear", clear, n_copies)
+            # drops only a result this MATMUL overwrites anyway. The clear, which reaches every
+            # accumulator flip-flop, is registered in one copy per `fanout_rows` rows
+            # (`ArrayParams.fanout_rows`): copy r // fanout_rows serves row r.
+            rows_per_copy = p.fanout_rows or p.row_lanes
+            s1_clears = copies(m, "s1_clear", clear, -(-p.row_lanes // rows_per_copy))
             # A step with a zero weight leaves a held lane as it is, so each lane's step and
             # nonzero weight are one flag, registered from stage 1 (its clock enable, straight
             # from a flip-flop of its own).
@@ -391,21 +390,21 @@ class ComputeUnit(wiring.Component):
         # -- stage 2: the lanes ----------------------------------------------------------------
         totals = []
         for j in range(p.token_lanes):
-            x_dense = [s2_x[8 * j:8 * j + 8].as_signed() for s2_x in s2_xs]
+            x_dense = s2_x[8 * j:8 * j + 8].as_signed()
             if p.nm:
-                x_of = [Array([s2_x[8 * (i * p.token_lanes + j):8 * (i * p.token_lanes + j) + 8]
-                               for i in range(NM_M)]) for s2_x in s2_xs]
+                x_of = Array([s2_x[8 * (i * p.token_lanes + j):8 * (i * p.token_lanes + j) + 8]
+                              for i in range(NM_M)])
             for r in range(p.row_lanes):
                 lane = TernaryLane(p.acc_bits, held=p.acc_in_lanes)
                 m.submodules[f"lane_{j}_{r}"] = lane
-                c = r // rows_per_copy
                 m.d.comb += [
                     lane.neg.eq(s2_neg[r]),
-                    lane.x.eq(x_of[c][pos[r]].as_signed() if p.nm else x_dense[c]),
+                    lane.x.eq(x_of[pos[r]].as_signed() if p.nm else x_dense),
                 ]
                 if p.acc_in_lanes:
                     upd = s2_upd[j * p.row_lanes + r]
-                    m.d.comb += [lane.step.eq(upd), lane.nz.eq(upd), lane.clear.eq(s1_clears[c])]
+                    m.d.comb += [lane.step.eq(upd), lane.nz.eq(upd),
+                                 lane.clear.eq(s1_clears[r // rows_per_copy])]
                     totals.append(lane.acc)
                 else:
                     idx = j * p.row_lanes + r

@@ -87,10 +87,11 @@ class ArrayParams:
         address. The first instruction is decoded a cycle later (one cycle more per run); after
         that one per cycle as without it (`rtl.sequencer`). Instead of `held_fetch`; it costs
         four registers of an instruction and its predecode.
-    fanout_rows : COMPUTE registers what all lanes share in stage 2 (the activations, and a
-        held lane's clear) in one copy per `fanout_rows` rows, so that no flip-flop drives
-        more than those rows' lanes; 0 for a single copy. No cycle changes. It costs the
-        copies' flip-flops (the FPGA flow keeps them apart: `rtl.memport.copies`).
+    fanout_rows : COMPUTE registers the held lanes' clear (`acc_in_lanes`), which reaches
+        every accumulator flip-flop, in one copy per `fanout_rows` rows; 0 for a single copy.
+        No cycle changes. It costs the copies' flip-flops (the FPGA flow keeps them apart:
+        `rtl.memport.copies`). (The activations are not copied: their byte select lies
+        between the block RAM and the register, and copies far apart lengthen that path.)
     mem : timing of the external memory port.
     """
 
