@@ -102,10 +102,10 @@ class Dispatcher(wiring.Component):
             # word `r` (registered as it leaves the block RAM, every cycle), and behind the
             # instruction being decoded a queue of up to two, `q`, that holds what arrived while
             # it waited. Words read and not yet taken (in `q`, in `r` and at the memories'
-            # output) never exceed two: a word is read in a cycle only if there will
-            # be room for it whatever the next cycles take, so a stall loses nothing and a stream
-            # goes on at one instruction per cycle. The first instruction is decoded in the
-            # second cycle after start instead of the first.
+            # output) are one or two: a word is read when one is taken (`advance`) or only one
+            # is there (`few`, a register), so a stall loses nothing and a stream goes on at one
+            # instruction per cycle. The first instruction is decoded in the second cycle after
+            # start instead of the first.
             rp, fetched = read_port(m, imem)
             rp_pre = pmem.read_port(transparent_for=(wp_pre,))
             width = INSTR_BITS + pre_layout.size
@@ -117,21 +117,25 @@ class Dispatcher(wiring.Component):
             r_v = Signal()                  # `r` holds one
             n_q = Signal(range(3))          # words in `q`
             some_q = Signal()               # n_q != 0, as a register
+            few = Signal(init=1)            # one word read and not taken (else two)
             fa = Signal(PC_BITS, init=1)    # the next address to read
             m.d.sync += r.eq(Cat(fetched, rp_pre.data))
             head = Mux(some_q, q[0], r)
             m.d.comb += [head_v.eq(some_q | r_v), rp.addr.eq(fa)]
             instr, pre_word = head[:INSTR_BITS], head[INSTR_BITS:]
             pop = advance
-            read = Signal()
-            m.d.comb += read.eq(n_q + r_v + f_v - pop <= 1)
+            read = few | pop
             with m.If(read):
                 m.d.sync += fa.eq(fa + 1)
+            # A pop reads one in its place; otherwise a single word gets a second one behind it.
+            m.d.sync += [f_v.eq(read), r_v.eq(f_v), few.eq(few & pop)]
             # After the pop, what waits (q, then r) is the queue; the memories' word moves to r.
-            n_next = n_q + r_v - pop
-            m.d.sync += [f_v.eq(read), r_v.eq(f_v), n_q.eq(n_next), some_q.eq(n_next != 0)]
+            with m.If(pop & ~r_v):
+                m.d.sync += [n_q.eq(n_q - 1), some_q.eq(n_q == 2)]
+            with m.Elif(~pop & r_v):
+                m.d.sync += [n_q.eq(n_q + 1), some_q.eq(1)]
             with m.If(self.start):
-                m.d.sync += [fa.eq(1), f_v.eq(1), r_v.eq(0), n_q.eq(0), some_q.eq(0)]
+                m.d.sync += [fa.eq(1), f_v.eq(1), r_v.eq(0), n_q.eq(0), some_q.eq(0), few.eq(1)]
             with m.If(pop):
                 with m.If(n_q == 1):        # q0 taken: r (if any) moves up
                     m.d.sync += q[0].eq(r)
