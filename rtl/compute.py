@@ -1,6 +1,6 @@
 """The COMPUTE unit: the lane array and the MATMUL sequencer that feeds it."""
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, DomainRenamer, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -50,6 +50,13 @@ class ComputeUnit(wiring.Component):
     MATMUL can be taken in cycle s + G*k_len, the last read cycle, so back-to-back MATMULs keep
     the lanes busy. A partial sum to accumulate onto is read in stage 1, so a MATMUL reads
     through the write of the group the previous one writes in the same cycle.
+
+    Domains: held lanes (`ArrayParams.acc_in_lanes`), their step flags and their clear copies
+    are in `lanes`, the rest in `sync`. The accelerator freezes `sync` while it is not running,
+    and resets `lanes` instead (`rtl.top`): the flags are zero and the lanes keep their sums,
+    while each accumulator's clock enable and reset come straight from a flip-flop. (An error
+    that stops a MATMUL between stages lets the lanes finish the step in flight; the sums of
+    a stopped MATMUL are unspecified either way.)
 
     Members
     -------
@@ -371,12 +378,13 @@ class ComputeUnit(wiring.Component):
             # accumulator flip-flop, is registered in one copy per `fanout_rows` rows
             # (`ArrayParams.fanout_rows`): copy r // fanout_rows serves row r.
             rows_per_copy = p.fanout_rows or p.row_lanes
-            s1_clears = copies(m, "s1_clear", clear, -(-p.row_lanes // rows_per_copy))
+            s1_clears = copies(m, "s1_clear", clear, -(-p.row_lanes // rows_per_copy),
+                               domain="lanes")
             # A step with a zero weight leaves a held lane as it is, so each lane's step and
             # nonzero weight are one flag, registered from stage 1 (its clock enable, straight
             # from a flip-flop of its own).
             s2_upd = Signal(p.lanes)
-            m.d.sync += s2_upd.eq(Cat(*[s1 & s1_tok[j] & w_nz[r] for j in range(p.token_lanes)
+            m.d.lanes += s2_upd.eq(Cat(*[s1 & s1_tok[j] & w_nz[r] for j in range(p.token_lanes)
                                         for r in range(p.row_lanes)]))
         # With N:M slots, row r's lanes read column 8q + (c + d_r) mod 8 of the group.
         pos = []
@@ -396,7 +404,8 @@ class ComputeUnit(wiring.Component):
                               for i in range(NM_M)])
             for r in range(p.row_lanes):
                 lane = TernaryLane(p.acc_bits, held=p.acc_in_lanes)
-                m.submodules[f"lane_{j}_{r}"] = lane
+                m.submodules[f"lane_{j}_{r}"] = \
+                    DomainRenamer("lanes")(lane) if p.acc_in_lanes else lane
                 m.d.comb += [
                     lane.neg.eq(s2_neg[r]),
                     lane.x.eq(x_of[pos[r]].as_signed() if p.nm else x_dense),

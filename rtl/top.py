@@ -120,9 +120,14 @@ class Accelerator(wiring.Component):
 
         def unit(name, component):
             # Reset at every start; frozen whenever the accelerator is not running. The enable
-            # must include the start cycle itself, or it would mask the reset.
-            m.submodules[name] = DomainRenamer("units")(
-                EnableInserter(run | begin)(ResetInserter(begin)(component)))
+            # must include the start cycle itself, or it would mask the reset. COMPUTE's held
+            # lanes and their flags (its `lanes` domain) are not frozen but their flags are
+            # held at zero while not running: their clock enables and resets then come
+            # straight from their own flip-flops.
+            m.submodules[name] = DomainRenamer({"sync": "units", "lanes": "units"})(
+                ResetInserter({"lanes": ~run})(
+                    EnableInserter({"sync": run | begin})(ResetInserter({"sync": begin})(
+                        component))))
             return component
 
         disp = Dispatcher(p)
