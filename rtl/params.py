@@ -233,7 +233,8 @@ SCALE_POINTS = {
     # the 136 (the goal is 50); a STORE of 40 words against a MATMUL of k_len cycles costs less.
     # The base-3 tables are block RAM (registered_decode): the combinational decoder was its
     # critical path, then the tables' route into the weight buffer (registered_weight_write),
-    # then the predecode block RAM into the issue decisions and back to its enable (held_fetch).
+    # then the predecode block RAM into the issue decisions and back to its enable (held_fetch,
+    # then prefetch), then the lanes' clear (fanout_rows).
     "ecp5": ArrayParams(name="ecp5", port_bytes=32, token_lanes=2,
                         wbuf_rows=1024, abuf_rows=512, acc_groups=1, registered_decode=True,
                         registered_weight_write=True, prefetch=True, fanout_rows=4),
@@ -332,15 +333,16 @@ CHIPS = {
     "icebreaker": ChipParams(name="icebreaker", array=SCALE_POINTS["tiny"], mem_words=32768,
                              clk_hz=30_000_000, baud=1_000_000),
     # ULX3S: ECP5-85F, 128 KB of block RAM beside the accelerator's own buffers. The chip
-    # takes 29% of the logic; with every block RAM output registered before the decoder, the
-    # weight buffer and the issue decisions, a registered reset and a three-stage zero count,
-    # its paths reach about 72 MHz (docs/results.md), so the PLL makes 65 MHz from the 25 MHz
-    # oscillator. 150 MHz needs the program memory's output registered (5.8 ns of block RAM
-    # clock-to-out before the issue decisions) and the lanes' step and clear registered in
-    # copies near their rows (they reach 7,520 accumulator flip-flops); the fetch stage adds
-    # a cycle the simulator must model.
+    # takes 30% of the logic; with every block RAM output registered before the decoder, the
+    # weight buffer and the issue decisions (the program read ahead: `prefetch`), a registered
+    # reset, a three-stage zero count and the held lanes' clock enables and clears straight
+    # from flip-flops, its paths reach about 78 MHz (docs/results.md), so the PLL makes
+    # 70 MHz from the 25 MHz oscillator. 150 MHz needs the activation buffer's and the base-3
+    # tables' outputs registered before their selects (5.8 ns of block RAM clock-to-out, then
+    # five LUTs of byte select): a cycle more per MATMUL and per LOAD, which the simulator
+    # must model.
     "ulx3s": ChipParams(name="ulx3s", array=SCALE_POINTS["ecp5"], mem_words=4096,
-                        clk_hz=65_000_000, baud=1_000_000, registered_program_write=True),
+                        clk_hz=70_000_000, baud=1_000_000, registered_program_write=True),
 }
 
 
