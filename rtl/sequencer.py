@@ -17,9 +17,11 @@ class Dispatcher(wiring.Component):
     """Fetch one instruction per cycle and dispatch it in order to its unit's queue.
 
     Timing: the start cycle reads address 0; from then on the instruction at `pc` is decoded in
-    the cycle after it was read. A dispatch is written into the unit queue at the end of its
-    cycle and the next instruction is decoded in the next cycle, so one instruction per cycle
-    leaves while the queues have room. A HALT waits until `drained`, then retires.
+    the cycle after it was read (with `ArrayParams.prefetch`, two cycles after: the first
+    decode is a cycle later, and a stream still leaves one per cycle). A dispatch is written
+    into the unit queue at the end of its cycle and the next instruction is decoded in the next
+    cycle, so one instruction per cycle leaves while the queues have room. A HALT waits until
+    `drained`, then retires.
 
     Members
     -------
