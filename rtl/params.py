@@ -86,7 +86,7 @@ class ArrayParams:
         decoded: no issue decision sees a block RAM's output, nor reaches its enable or
         address. The first instruction is decoded a cycle later (one cycle more per run); after
         that one per cycle as without it (`rtl.sequencer`). Instead of `held_fetch`; it costs
-        four registers of an instruction and its predecode.
+        three registers of an instruction and its predecode.
     fanout_rows : COMPUTE registers the held lanes' clear (`acc_in_lanes`), which reaches
         every accumulator flip-flop, in one copy per `fanout_rows` rows; 0 for a single copy.
         No cycle changes. It costs the copies' flip-flops (the FPGA flow keeps them apart:
