@@ -231,7 +231,7 @@ class ComputeUnit(wiring.Component):
         s1_nm = Signal()
         s1_slot = Signal.like(slot)
         finishing = Signal()
-        clear = Signal()        # in-lane accumulators: start a non-accumulating group from 0
+        clear = Signal()        # held lanes: start a non-accumulating group from 0
         m.d.sync += s1.eq(0)
         m.d.comb += [
             self.w_addr.eq(wbuf + k),
@@ -251,7 +251,8 @@ class ComputeUnit(wiring.Component):
                              self.fault.eq(1)]
             with m.Else():
                 final = last_k & last_tokens
-                m.d.comb += clear.eq(first_k & ~accumulate)
+                if p.acc_in_lanes:
+                    m.d.comb += clear.eq(first_k & ~accumulate)
                 m.d.sync += [
                     s1.eq(1), s1_first.eq(first_k),
                     s1_last.eq(last_k), s1_final.eq(final),
@@ -362,17 +363,18 @@ class ComputeUnit(wiring.Component):
         s2_tok = Signal(p.token_lanes)
         x_bytes = (NM_M if p.nm else 1) * p.token_lanes
         s2_x = Signal(8 * x_bytes)
-        s2_nz = Signal(p.row_lanes)
         s2_neg = Signal(p.row_lanes)
         w_nz = [self.w_data[lb * r] & s1_mask[r] for r in range(p.row_lanes)]
         m.d.sync += [
             s2.eq(s1), s2_first.eq(s1_first), s2_last.eq(s1_last), s2_final.eq(s1 & s1_final),
             s2_acc.eq(s1_acc), s2_g.eq(s1_g), s2_pc.eq(s1_pc),
             s2_push.eq(s1_push), s2_tok.eq(s1_tok), s2_x.eq(act[:len(s2_x)]),
-            s2_nz.eq(Cat(*w_nz)),
             s2_neg.eq(Cat(*[self.w_data[lb * r + 1] for r in range(p.row_lanes)])),
         ]
-        if p.acc_in_lanes:
+        if not p.acc_in_lanes:
+            s2_nz = Signal(p.row_lanes)
+            m.d.sync += s2_nz.eq(Cat(*w_nz))
+        else:
             # The lane holds the group; clearing it in stage 1, one cycle ahead of the first add,
             # drops only a result this MATMUL overwrites anyway. The clear, which reaches every
             # accumulator flip-flop, is registered in one copy per `fanout_rows` rows
