@@ -337,10 +337,10 @@ CHIPS = {
     # weight buffer and the issue decisions (the program read ahead: `prefetch`), a registered
     # reset, a three-stage zero count and the held lanes' clock enables and clears straight
     # from flip-flops, its paths reach 70.5-75.2 MHz over the placements measured
-    # (docs/results.md), so the PLL makes 70 MHz from the 25 MHz oscillator. 150 MHz needs the activation buffer's and the base-3
-    # tables' outputs registered before their selects (5.8 ns of block RAM clock-to-out, then
-    # five LUTs of byte select): a cycle more per MATMUL and per LOAD, which the simulator
-    # must model.
+    # (docs/results.md), so the PLL makes 70 MHz from the 25 MHz oscillator. 150 MHz needs
+    # the activation buffer's and the base-3 tables' outputs registered before their selects
+    # (5.8 ns of block RAM clock-to-out, then five LUTs of byte select): a cycle more per
+    # MATMUL and per LOAD, which the simulator must model.
     "ulx3s": ChipParams(name="ulx3s", array=SCALE_POINTS["ecp5"], mem_words=4096,
                         clk_hz=70_000_000, baud=1_000_000, registered_program_write=True),
 }
