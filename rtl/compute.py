@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from .isa import INSTR_BITS, NM_M, NM_MIN_N, PC_BITS, ErrorCode, Opcode, instr_layout
 from .lane import TernaryLane
-from .memport import copies
+from .memport import copies, registered
 from .params import ArrayParams
 
 __all__ = ["ComputeUnit", "popcount", "tree_sum"]
@@ -46,10 +46,12 @@ class ComputeUnit(wiring.Component):
 
     Timing: a MATMUL taken at cycle s reads in cycles s+1 .. s+G*k_len (stage 0), picks each
     lane's operands from the words read one cycle later (stage 1: registers between the buffers
-    and the lanes), adds one cycle after that (stage 2) and retires at s + G*k_len + 2; the next
-    MATMUL can be taken in cycle s + G*k_len, the last read cycle, so back-to-back MATMULs keep
-    the lanes busy. A partial sum to accumulate onto is read in stage 1, so a MATMUL reads
-    through the write of the group the previous one writes in the same cycle.
+    and the lanes; two cycles later with `ArrayParams.registered_operands`, which registers the
+    words first), adds one cycle after that (stage 2) and retires at s + G*k_len + d, d =
+    `ArrayParams.matmul_drain`; the next MATMUL can be taken in cycle s + G*k_len, the last
+    read cycle, so back-to-back MATMULs keep the lanes busy. A partial sum to accumulate onto
+    is read in stage 1, so a MATMUL reads through the write of the group the previous one
+    writes in the same cycle.
 
     Domains: held lanes (`ArrayParams.acc_in_lanes`), their step flags and their clear copies
     are in `lanes`, the rest in `sync`. The accelerator freezes `sync` while it is not running,
@@ -221,18 +223,19 @@ class ComputeUnit(wiring.Component):
         slot = Signal.like(head.nm)
 
         # -- stage 0: read ----------------------------------------------------------------------
-        s1 = Signal()
-        s1_first = Signal()
-        s1_last = Signal()
-        s1_final = Signal()
-        s1_g = Signal.like(self.c_waddr)
-        s1_off = Signal(port_shift)
-        s1_tok = Signal(p.token_lanes)
-        s1_nm = Signal()
-        s1_slot = Signal.like(slot)
+        # The read's flags, registered as it is issued (`rd`): they arrive with the words read.
+        rd = Signal()
+        rd_first = Signal()
+        rd_last = Signal()
+        rd_final = Signal()
+        rd_g = Signal.like(self.c_waddr)
+        rd_off = Signal(port_shift)
+        rd_tok = Signal(p.token_lanes)
+        rd_nm = Signal()
+        rd_slot = Signal.like(slot)
         finishing = Signal()
         clear = Signal()        # held lanes: start a non-accumulating group from 0
-        m.d.sync += s1.eq(0)
+        m.d.sync += rd.eq(0)
         m.d.comb += [
             self.w_addr.eq(wbuf + k),
             self.a_addr.eq(grow + (bytepos >> port_shift)),
@@ -254,11 +257,11 @@ class ComputeUnit(wiring.Component):
                 if p.acc_in_lanes:
                     m.d.comb += clear.eq(first_k & ~accumulate)
                 m.d.sync += [
-                    s1.eq(1), s1_first.eq(first_k),
-                    s1_last.eq(last_k), s1_final.eq(final),
-                    s1_g.eq(acc + g), s1_off.eq(bytepos[:port_shift]),
-                    s1_tok.eq(Cat(*[tokens_left > j for j in range(p.token_lanes)])),
-                    s1_nm.eq(nm != 0), s1_slot.eq(slot),
+                    rd.eq(1), rd_first.eq(first_k),
+                    rd_last.eq(last_k), rd_final.eq(final),
+                    rd_g.eq(acc + g), rd_off.eq(bytepos[:port_shift]),
+                    rd_tok.eq(Cat(*[tokens_left > j for j in range(p.token_lanes)])),
+                    rd_nm.eq(nm != 0), rd_slot.eq(slot),
                 ]
                 with m.If(last_k):
                     m.d.sync += [k.eq(0), bytepos.eq(0), g.eq(g + 1), slot.eq(0),
@@ -339,19 +342,38 @@ class ComputeUnit(wiring.Component):
                     row_mask.eq(row_mask_of),
                 ]
 
+        # The rest of the read's flags: the MATMUL's, as its stages see them.
+        rd_pc = Signal(PC_BITS)
+        rd_acc = Signal()
+        rd_push = Signal(2)
+        rd_mask = Signal(p.row_lanes)
+        rd_nrows = Signal.like(n_rows)
+        m.d.sync += [rd_pc.eq(pc), rd_acc.eq(accumulate), rd_push.eq(Cat(push_prev, push_next)),
+                     rd_mask.eq(row_mask), rd_nrows.eq(n_rows)]
+        flags = dict(v=rd, first=rd_first, last=rd_last, final=rd_final, g=rd_g, off=rd_off,
+                     tok=rd_tok, nm=rd_nm, slot=rd_slot, pc=rd_pc, acc=rd_acc, push=rd_push,
+                     mask=rd_mask, nrows=rd_nrows)
+        clear_1 = clear         # the clear as its copies take it, a cycle ahead of stage 2
+        if p.registered_operands:
+            # The words read are registered as they leave their block RAMs, and the read's
+            # flags (and the clear, a cycle ahead of them) wait a cycle with them.
+            w_data = Signal.like(self.w_data, name="w_word", reset_less=True)
+            a_data = Signal.like(self.a_data, name="a_word", reset_less=True)
+            m.d.sync += [w_data.eq(self.w_data), a_data.eq(self.a_data)]
+            flags = dict(zip(flags, registered(m, "s1_", **flags)))
+            clear_1, = registered(m, "rd_", clear=clear)
+        else:
+            w_data, a_data = self.w_data, self.a_data
 
         # -- stage 1: each lane's operands, registered between the buffers and the lanes ---------
-        s1_pc = Signal(PC_BITS)
-        s1_acc = Signal()
-        s1_push = Signal(2)
-        s1_mask = Signal(p.row_lanes)
-        s1_nrows = Signal.like(n_rows)
-        m.d.sync += [s1_pc.eq(pc), s1_acc.eq(accumulate), s1_push.eq(Cat(push_prev, push_next)),
-                     s1_mask.eq(row_mask), s1_nrows.eq(n_rows)]
+        s1, s1_first, s1_last, s1_final, s1_g, s1_off, s1_tok, s1_nm, s1_slot = (
+            flags[n] for n in ("v", "first", "last", "final", "g", "off", "tok", "nm", "slot"))
+        s1_pc, s1_acc, s1_push, s1_mask, s1_nrows = (
+            flags[n] for n in ("pc", "acc", "push", "mask", "nrows"))
         # The partial sums to accumulate onto are read here and arrive with stage 2.
         m.d.comb += self.c_raddr.eq(s1_g)
         act = Signal(p.port_bits)
-        m.d.comb += act.eq(self.a_data >> Cat(Const(0, 3), s1_off))
+        m.d.comb += act.eq(a_data >> Cat(Const(0, 3), s1_off))
         # Stage 2's registers: the step's flags, the activations (the token lanes' bytes of the
         # column, or of the group of 8 columns with N:M), each row's weight and slot position.
         s2 = Signal()
@@ -364,12 +386,12 @@ class ComputeUnit(wiring.Component):
         x_bytes = (NM_M if p.nm else 1) * p.token_lanes
         s2_x = Signal(8 * x_bytes)
         s2_neg = Signal(p.row_lanes)
-        w_nz = [self.w_data[lb * r] & s1_mask[r] for r in range(p.row_lanes)]
+        w_nz = [w_data[lb * r] & s1_mask[r] for r in range(p.row_lanes)]
         m.d.sync += [
             s2.eq(s1), s2_first.eq(s1_first), s2_last.eq(s1_last), s2_final.eq(s1 & s1_final),
             s2_acc.eq(s1_acc), s2_g.eq(s1_g), s2_pc.eq(s1_pc),
             s2_push.eq(s1_push), s2_tok.eq(s1_tok), s2_x.eq(act[:len(s2_x)]),
-            s2_neg.eq(Cat(*[self.w_data[lb * r + 1] for r in range(p.row_lanes)])),
+            s2_neg.eq(Cat(*[w_data[lb * r + 1] for r in range(p.row_lanes)])),
         ]
         if not p.acc_in_lanes:
             s2_nz = Signal(p.row_lanes)
@@ -380,7 +402,7 @@ class ComputeUnit(wiring.Component):
             # accumulator flip-flop, is registered in one copy per `fanout_rows` rows
             # (`ArrayParams.fanout_rows`): copy r // fanout_rows serves row r.
             rows_per_copy = p.fanout_rows or p.row_lanes
-            s1_clears = copies(m, "s1_clear", clear, -(-p.row_lanes // rows_per_copy),
+            s1_clears = copies(m, "s1_clear", clear_1, -(-p.row_lanes // rows_per_copy),
                                domain="lanes")
             # A step with a zero weight leaves a held lane as it is, so each lane's step and
             # nonzero weight are one flag, registered from stage 1 (its clock enable, straight
@@ -392,7 +414,7 @@ class ComputeUnit(wiring.Component):
         pos = []
         for r in range(p.row_lanes):
             if p.nm:
-                d = self.w_data[lb * r + 2:lb * (r + 1)]
+                d = w_data[lb * r + 2:lb * (r + 1)]
                 pos_r = Signal.like(d, name=f"pos_{r}")
                 m.d.sync += pos_r.eq(Mux(s1_nm, s1_slot + d, 0))
                 pos.append(pos_r)
@@ -425,7 +447,7 @@ class ComputeUnit(wiring.Component):
                     totals.append(lane.total)
 
         # -- counters: stage 1's busy lanes, and its zero weights a cycle later ------------------
-        zero_bits = [~self.w_data[lb * r] & s1_mask[r] for r in range(p.row_lanes)]
+        zero_bits = [~w_data[lb * r] & s1_mask[r] for r in range(p.row_lanes)]
         # A named signal: slicing an unnamed Cat bit by bit re-emits the whole Cat each time,
         # which made the netlist grow with the square of the row count.
         zero_vec = Signal(p.row_lanes)
@@ -446,5 +468,5 @@ class ComputeUnit(wiring.Component):
                              self.push_prev.eq(s2_push[0]), self.push_next.eq(s2_push[1])]
         if p.acc_in_lanes:
             m.d.comb += self.acc_out.eq(Cat(*totals))
-        m.d.comb += self.active.eq(running | s1 | s2)
+        m.d.comb += self.active.eq(running | rd | s1 | s2)
         return m

@@ -87,6 +87,12 @@ class ArrayParams:
         address. The first instruction is decoded a cycle later (one cycle more per run); after
         that one per cycle as without it (`rtl.sequencer`). Instead of `held_fetch`; it costs
         three registers of an instruction and its predecode.
+    registered_operands : COMPUTE registers the weight and activation words as they leave their
+        block RAMs, a stage before it picks each lane's operands from them: the picking (a byte
+        select per token lane behind the activation word) no longer follows a block RAM's
+        clock-to-out. A MATMUL retires a cycle later (`matmul_drain`); the next one still
+        issues in its last read cycle. It costs a flip-flop per bit of both words. Only with
+        held lanes (`acc_in_lanes`), the shape it is verified on.
     fanout_rows : COMPUTE registers the held lanes' clear (`acc_in_lanes`), which reaches
         every accumulator flip-flop, in one copy per `fanout_rows` rows; 0 for a single copy.
         No cycle changes. It costs the copies' flip-flops (the FPGA flow keeps them apart:
@@ -112,6 +118,7 @@ class ArrayParams:
     registered_weight_write: bool = False
     held_fetch: bool = False
     prefetch: bool = False
+    registered_operands: bool = False
     fanout_rows: int = 0
     mem: MemTiming = field(default_factory=MemTiming)
 
@@ -134,6 +141,8 @@ class ArrayParams:
             (self.fanout_rows >= 0, "fanout_rows must be >= 0"),
             (not (self.held_fetch and self.prefetch),
              "held_fetch and prefetch are two ways to fetch: choose one"),
+            (not self.registered_operands or self.acc_in_lanes,
+             "registered_operands needs held lanes (acc_groups == 1)"),
             (self.imem_depth >= 2, "imem_depth must be >= 2"),
             (16 <= self.counter_bits <= 64, "counter_bits must be in 16..64"),
             (len(self.encodings) >= 1 and set(self.encodings) <= set(WeightEncoding),
@@ -150,6 +159,13 @@ class ArrayParams:
     def first_decode(self) -> int:
         """The cycle of a run (0: the first RUNNING cycle) that decodes its first instruction."""
         return int(self.prefetch)
+
+    @property
+    def matmul_drain(self) -> int:
+        """Cycles from a MATMUL's last read to its retire: stage 1 picks each lane's operands
+        (a cycle later with `registered_operands`), stage 2 adds. A MATMUL's first stage-1
+        cycle is likewise `matmul_drain` cycles after its issue."""
+        return 2 + int(self.registered_operands)
 
     @property
     def row_lanes(self) -> int:
@@ -237,7 +253,8 @@ SCALE_POINTS = {
     # then prefetch), then the lanes' clear (fanout_rows).
     "ecp5": ArrayParams(name="ecp5", port_bytes=32, token_lanes=2,
                         wbuf_rows=1024, abuf_rows=512, acc_groups=1, registered_decode=True,
-                        registered_weight_write=True, prefetch=True, fanout_rows=4),
+                        registered_weight_write=True, prefetch=True, registered_operands=True,
+                        fanout_rows=4),
     # The reference design: a 1024-bit port (128 B/cycle), 640 rows x 2 tokens = 1280 lanes.
     # 640 rows divide the 2B4T projection heights 2560 and 640 and tile 6912 at 98%.
     # It implements N:M structured sparse weights (rtl.isa NM) besides the dense encodings.

@@ -15,7 +15,8 @@ Timing rules (docs/architecture.md, "Cycle timing"), all from `rtl.params`:
 - LOAD (N words, latency L): requests s+1..s+N, the next may issue at s+N, retires at s+N+L
   (s+N+L+1 with `registered_decode`);
 - MATMUL (G token groups, S steps per group: k_len columns, or (k_len / 8) * N slots with
-  `nm` = N): reads s+1..s+G*S, the next may issue at s+G*S, retires at s+G*S+2;
+  `nm` = N): reads s+1..s+G*S, the next may issue at s+G*S, retires at s+G*S+2 (s+G*S+3 with
+  `registered_operands`: `ArrayParams.matmul_drain`);
 - STORE: writes s+1..s+tokens*words, retires at the last write, where the next may issue;
 - HALT retires in the first cycle where all queues are empty and all units idle.
 
@@ -380,9 +381,9 @@ class _Run:
         cycles = groups * steps
         self.comp_free = c + cycles if ok_groups == groups else _NEVER
         # Stage 1 (operands) and stage 2 (the adds) follow the last read.
-        self.comp_active_until = c + cycles + 2
+        self.comp_active_until = c + cycles + p.matmul_drain
         if ok_groups == groups:
-            self._schedule_retire(c + cycles + 2, Unit.COMPUTE, pc,
+            self._schedule_retire(c + cycles + p.matmul_drain, Unit.COMPUTE, pc,
                                   {"c2l": ins.push_prev, "c2s": ins.push_next})
         return True, False
 
@@ -395,8 +396,9 @@ class _Run:
         else:
             zeros = (w[:, :nr] == 0).sum(axis=1)
         active = [min(lt, ins.tokens - g * lt) for g in range(groups)]
-        # Stage-1 cycles from c+2 on, group-major: busy lanes and zero-weight lanes per cycle.
-        self.busy_parts.append((c + 2, steps, nr, active, zeros))
+        # Stage-1 cycles from c + matmul_drain on, group-major: busy lanes and zero-weight lanes
+        # per cycle.
+        self.busy_parts.append((c + p.matmul_drain, steps, nr, active, zeros))
         if ins.nm and groups:
             # Slot c of group q adds its trit at column 8q + (c + d) mod 8: the same sums as the
             # dense matrix with every slot added in at its column.

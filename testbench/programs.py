@@ -214,7 +214,37 @@ def special_cases(params: ArrayParams) -> list:
     plan = _ResultRegion(n=rows, tokens=1, y_base=y_base, y_words=params.out_words_per_token)
     cases.append(Case("kmax", Job(prog, mem), plan,
                       np.full((1, rows), 128 * reps * kt, np.int32)))
+    cases.append(_overwrite_case(params))
     return cases
+
+
+def _overwrite_case(params: ArrayParams) -> Case:
+    """Two MATMULs onto one accumulator group, back to back, the second not accumulating: the
+    group holds the second's sums alone. Held lanes clear between the first's last add and the
+    second's first; a clear a cycle early would let the first's last column into the sums."""
+    rng = np.random.default_rng(11)
+    lt, rows = params.token_lanes, params.row_lanes
+    k = 2 * params.port_bytes + 3
+    w = rng.integers(-1, 2, (2, rows, k)).astype(np.int8)
+    w[:, :, -1] = 1                 # the first's last column adds to every lane
+    x = rng.integers(-128, 128, (lt, k)).astype(np.int8)
+    mem = MemoryImage(params.port_bytes)
+    for i in range(2):
+        mem.add(i * k, pack_trits(w[i].T.reshape(-1), WeightEncoding.BASE3)
+                .reshape(k, params.port_bytes))
+    xw = -(-k * lt // params.port_bytes)
+    xb = np.zeros(xw * params.port_bytes, np.uint8)
+    xb[:k * lt] = x.T.reshape(-1).view(np.uint8)
+    mem.add(2 * k, xb.reshape(xw, params.port_bytes))
+    words = params.out_words_per_token
+    y_base = 2 * k + xw
+    prog = [Load(buffer=Buffer.WEIGHT, rows=1, length=2 * k, dram=0),
+            Load(buffer=Buffer.ACT, rows=1, length=xw, dram=2 * k, push_next=1),
+            MatMul(k_len=k, tokens=lt, n_rows=rows, pop_prev=1),
+            MatMul(wbuf=k, k_len=k, tokens=lt, n_rows=rows, push_next=1),
+            Store(tokens=lt, words=words, dram=y_base, stride=words, pop_prev=1), Halt()]
+    plan = _ResultRegion(n=rows, tokens=lt, y_base=y_base, y_words=lt * words)
+    return Case("overwrite", Job(prog, mem), plan, ternary_matmul(x, w[1]))
 
 
 def fuzz_job(params: ArrayParams, seed: int, length: int = 24) -> Job:
