@@ -10,7 +10,7 @@ Run ``python -m rtl.chip --verilog DIR [CHIP ...]`` to write Verilog for the chi
 import sys
 from pathlib import Path
 
-from amaranth.hdl import ClockSignal, Instance, Module, Mux, Signal
+from amaranth.hdl import Cat, ClockSignal, Instance, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -24,12 +24,8 @@ from .params import CHIPS, ChipParams, chip_params
 from .top import Accelerator, write_component
 from .uart import UARTReceiver, UARTTransmitter
 
-__all__ = ["Chip", "ChipMemory", "MEM_READ_LATENCY", "main"]
+__all__ = ["Chip", "ChipMemory", "main"]
 
-#: Cycles from an accepted read to its data: the memory registers the address, and its data
-#: is registered again beside it before anything uses it (on the ECP5 the block RAMs' 5.6 ns
-#: clock-to-out and the route across the die from them were the chip's critical path).
-MEM_READ_LATENCY = 2
 #: iCE40 SPRAM: SB_SPRAM256KA, 16K words of 16 bits.
 SPRAM_DEPTH = 16384
 SPRAM_WIDTH = 16
@@ -110,8 +106,9 @@ class Chip(wiring.Component):
     always accepted, into a register, and written in the next cycle; a read is accepted, and
     goes to memory in the same cycle, when that register is empty (`rd_req.ready` is its
     registered empty flag, so no request path crosses from STORE to LOAD within a cycle).
-    Responses come back `MEM_READ_LATENCY` cycles after the request, in order, from a
-    register after the memory. The host link
+    Responses come back `ChipParams.mem_read_latency` cycles after the request, in order, from
+    a register after the memory (and with `registered_memory_request`, each request goes
+    through a register before it). The host link
     reaches memory and program memory only while the accelerator is neither running nor
     draining and no write is pending, so the two never meet. Accelerator addresses wrap at
     `mem_words`.
@@ -148,7 +145,7 @@ class Chip(wiring.Component):
         m.submodules.accel = acc = Accelerator(a)
         m.submodules.uart_rx = rx = UARTReceiver(chip.uart_divisor)
         m.submodules.uart_tx = tx = UARTTransmitter(chip.uart_divisor)
-        m.submodules.link = link = HostLink(chip, MEM_READ_LATENCY)
+        m.submodules.link = link = HostLink(chip, chip.mem_read_latency)
         m.submodules.mem = mem = ChipMemory(chip.mem_words, a.port_bits)
 
         m.d.comb += [rx.rx.eq(self.uart_rx), self.uart_tx.eq(tx.tx)]
@@ -181,19 +178,28 @@ class Chip(wiring.Component):
         acc_rd = acc.rd_req.valid & ~wr_full
         m.d.comb += [acc.wr_req.ready.eq(1), acc.rd_req.ready.eq(~wr_full),
                      link.draining.eq(acc.draining | wr_full)]
+        req_addr, req_wdata = Signal.like(mem.addr), Signal.like(mem.wdata)
+        req_we, req_en = Signal(), Signal()
         with m.If(wr_full):
-            m.d.comb += [mem.addr.eq(wr_addr), mem.wdata.eq(wr_data), mem.we.eq(1),
-                         mem.en.eq(1)]
+            m.d.comb += [req_addr.eq(wr_addr), req_wdata.eq(wr_data), req_we.eq(1),
+                         req_en.eq(1)]
         with m.Elif(acc_rd):
-            m.d.comb += [mem.addr.eq(acc.rd_req.payload[:abits]), mem.en.eq(1)]
+            m.d.comb += [req_addr.eq(acc.rd_req.payload[:abits]), req_en.eq(1)]
         with m.Else():
-            m.d.comb += [mem.addr.eq(link.mem_addr), mem.wdata.eq(link.mem_wdata),
-                         mem.we.eq(link.mem_we), mem.en.eq(link.mem_we | link.mem_re)]
-        # The word read in the previous cycle, registered: `rdata` after MEM_READ_LATENCY.
-        assert MEM_READ_LATENCY == 2
+            m.d.comb += [req_addr.eq(link.mem_addr), req_wdata.eq(link.mem_wdata),
+                         req_we.eq(link.mem_we), req_en.eq(link.mem_we | link.mem_re)]
+        req = dict(addr=req_addr, wdata=req_wdata, we=req_we, en=req_en)
+        if chip.registered_memory_request:
+            # The choice of request is registered before it reaches the memory's block RAMs,
+            # spread over the die: every request, in order, a cycle later.
+            req = dict(zip(req, registered(m, "mem_req_", **req)))
+        m.d.comb += [getattr(mem, k).eq(v) for k, v in req.items()]
+        # The word read in the previous cycle, registered: `rdata` `mem_read_latency` cycles
+        # after the read was accepted, `was_rd` its valid flag on the way.
         rdata = Signal(a.port_bits)
-        was_rd = Signal()
-        m.d.sync += [rdata.eq(mem.rdata), was_rd.eq(acc_rd), acc.rd_resp.valid.eq(was_rd)]
+        was_rd = Signal(chip.mem_read_latency - 1)
+        m.d.sync += [rdata.eq(mem.rdata), was_rd.eq(Cat(acc_rd, was_rd)),
+                     acc.rd_resp.valid.eq(was_rd[-1])]
         m.d.comb += [acc.rd_resp.payload.eq(rdata), link.mem_rdata.eq(rdata)]
         return m
 

@@ -299,6 +299,8 @@ class ChipParams:
     registered_program_write : program words pass through a register on their way from the
         link to the accelerator's program memory (a flip-flop per instruction bit; no effect
         on the protocol, whose START follows a write by thousands of cycles).
+    registered_memory_request : the memory's address, write data and enables pass through a
+        register (every request a cycle later, reads one cycle longer: `mem_read_latency`).
     """
 
     name: str
@@ -309,6 +311,7 @@ class ChipParams:
     link_buffer_bytes: int = 256
     link_timeout_bits: int = 10_000
     registered_program_write: bool = False
+    registered_memory_request: bool = False
 
     def __post_init__(self):
         from .isa import INSTR_BITS
@@ -338,6 +341,14 @@ class ChipParams:
         return (2 * self.clk_hz + self.baud) // (2 * self.baud)
 
     @property
+    def mem_read_latency(self) -> int:
+        """Cycles from an accepted read to its data: the memory registers the address (a cycle
+        later with `registered_memory_request`), and its data is registered again beside it
+        before anything uses it (on the ECP5 the block RAMs' 5.8 ns clock-to-out and the route
+        across the die from them were the chip's critical path)."""
+        return 2 + int(self.registered_memory_request)
+
+    @property
     def mem_bytes(self) -> int:
         return self.mem_words * self.array.port_bytes
 
@@ -359,7 +370,8 @@ CHIPS = {
     # (5.8 ns of block RAM clock-to-out, then five LUTs of byte select): a cycle more per
     # MATMUL and per LOAD, which the simulator must model.
     "ulx3s": ChipParams(name="ulx3s", array=SCALE_POINTS["ecp5"], mem_words=4096,
-                        clk_hz=70_000_000, baud=1_000_000, registered_program_write=True),
+                        clk_hz=70_000_000, baud=1_000_000, registered_program_write=True,
+                        registered_memory_request=True),
 }
 
 

@@ -166,10 +166,14 @@ def test_projections_run_bit_exact_over_uart(board_run):
         assert r["cycles"] > r["k"], r
 
 
-def test_registered_program_write_runs_bit_exact(tmp_path_factory):
-    # The ULX3S chip's register between the link and the program memory
-    # (`ChipParams.registered_program_write`), on the small chip: the same frames and runs.
-    chip = dataclasses.replace(CHIP, name=f"{CHIP.name}-regprog", registered_program_write=True)
+def test_ulx3s_chip_registers_run_bit_exact(tmp_path_factory):
+    # The ULX3S chip's registers between the link and the program memory
+    # (`ChipParams.registered_program_write`) and in front of the memory
+    # (`registered_memory_request`: reads take a cycle more), on the small chip: the same
+    # frames and runs.
+    chip = dataclasses.replace(CHIP, name=f"{CHIP.name}-regs", registered_program_write=True,
+                               registered_memory_request=True)
+    assert chip.mem_read_latency == CHIP.mem_read_latency + 1
     run = _board_run(chip, tmp_path_factory)
     for r in run["projections"] + [run["after"]]:
         assert r["exact"], r
