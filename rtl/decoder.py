@@ -1,6 +1,6 @@
 """Weight decoders: one memory word of packed trits in, a row of lane controls out."""
 
-from amaranth.hdl import Cat, Const, Module, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -77,9 +77,14 @@ class WeightDecoder(wiring.Component):
         n = TRITS_PER_BYTE[WeightEncoding.BASE3]
         lb = p.wbuf_lane_bits
 
-        def put(lane, nz, neg, offset=None):
+        # Each enabled encoding's decoding of the word, a whole row of lane controls; `trits` is
+        # the one `encoding` names (lanes an encoding does not reach read zero).
+        decoded = {e: Signal(lb * p.row_lanes, name=f"trits_{e.name.lower()}")
+                   for e in p.encodings}
+
+        def put(enc, lane, nz, neg, offset=None):
             ctl = Cat(nz, neg, Const(0, NM_OFFSET_BITS) if offset is None else offset)[:lb]
-            return self.trits[lb * lane:lb * (lane + 1)].eq(ctl)
+            return decoded[enc][lb * lane:lb * (lane + 1)].eq(ctl)
 
         rows = []       # per byte: its base-3 trits, then an invalid bit
         if WeightEncoding.BASE3 in p.encodings:
@@ -125,38 +130,54 @@ class WeightDecoder(wiring.Component):
 
         # (Outside the encoding switch, for the same reason as the tables.) Base 3 too: its
         # check compares the bytes themselves, so no OR of 32 table outputs follows a block RAM.
+        checks = {WeightEncoding.BASE3: base3_bad, WeightEncoding.CODE2: code2_bad,
+                  WeightEncoding.NM: nm_bad}
+        invalid = {e: flagged(checks[e]) for e in WeightEncoding if e in p.encodings}
         if WeightEncoding.BASE3 in p.encodings:
-            base3_bad_any = flagged(base3_bad)
+            for j, row in enumerate(rows):
+                for i in range(n):
+                    m.d.comb += put(WeightEncoding.BASE3, n * j + i, row[2 * i], row[2 * i + 1])
         if WeightEncoding.CODE2 in p.encodings:
-            code2_bad_any = flagged(code2_bad)
+            for lane in range(4 * nbytes):
+                code = self.word[2 * lane:2 * lane + 2]
+                # code = trit + 1: 00 -> -1, 01 -> 0, 10 -> +1.
+                assert TRIT_CODE_OFFSET == 1
+                m.d.comb += put(WeightEncoding.CODE2, lane, ~code[0] & ~(code == CODE2_INVALID),
+                                code == 0)
         if WeightEncoding.NM in p.encodings:
-            nm_bad_any = flagged(nm_bad)
+            for lane in range(NM_SLOTS_PER_BYTE * nbytes):
+                code = self.word[NM_SLOT_BITS * lane:NM_SLOT_BITS * (lane + 1)]
+                # The offset, then the sign; NM_EMPTY and NM_INVALID have every offset bit set,
+                # and differ in the sign.
+                offset, neg = code[:NM_OFFSET_BITS], code[NM_OFFSET_BITS]
+                m.d.comb += put(WeightEncoding.NM, lane, offset != NM_EMPTY, neg, offset)
+            assert NM_EMPTY == (1 << NM_OFFSET_BITS) - 1
+            assert NM_INVALID == NM_EMPTY | 1 << NM_OFFSET_BITS
+        # The choice looks at as few bits of `encoding` as tell the enabled encodings apart: a
+        # value no enabled encoding has takes the decoding of one that shares its low bits, so
+        # that a bit telling only such values apart selects nothing. A weight LOAD with such an
+        # encoding is refused at issue, so its choice is never written. (With base 3 and 2-bit
+        # codes, one bit: one LUT per lane bit behind the base-3 tables.)
+        enabled = sorted(p.encodings)
+        low = (1 << max(enabled).bit_length()) - 1
+        table = [decoded[WeightEncoding(v)] if v in enabled else
+                 decoded[WeightEncoding(v & low)] if (v & low) in enabled else
+                 decoded[enabled[0]] for v in range(1 << len(self.encoding))]
+
+        def pick(entries, bit):
+            half = len(entries) // 2
+            if half == 0:
+                return entries[0]
+            lo, hi = entries[:half], entries[half:]
+            if all(a is b for a, b in zip(lo, hi)):
+                return pick(lo, bit - 1)
+            return Mux(self.encoding[bit], pick(hi, bit - 1), pick(lo, bit - 1))
+
+        m.d.comb += self.trits.eq(pick(table, len(self.encoding) - 1))
         with m.Switch(self.encoding):
-            if WeightEncoding.BASE3 in p.encodings:
-                with m.Case(WeightEncoding.BASE3):
-                    for j, row in enumerate(rows):
-                        for i in range(n):
-                            m.d.comb += put(n * j + i, row[2 * i], row[2 * i + 1])
-                    m.d.comb += self.invalid.eq(base3_bad_any)
-            if WeightEncoding.CODE2 in p.encodings:
-                with m.Case(WeightEncoding.CODE2):
-                    for lane in range(4 * nbytes):
-                        code = self.word[2 * lane:2 * lane + 2]
-                        # code = trit + 1: 00 -> -1, 01 -> 0, 10 -> +1.
-                        assert TRIT_CODE_OFFSET == 1
-                        m.d.comb += put(lane, ~code[0] & ~(code == CODE2_INVALID), code == 0)
-                    m.d.comb += self.invalid.eq(code2_bad_any)
-            if WeightEncoding.NM in p.encodings:
-                with m.Case(WeightEncoding.NM):
-                    for lane in range(NM_SLOTS_PER_BYTE * nbytes):
-                        code = self.word[NM_SLOT_BITS * lane:NM_SLOT_BITS * (lane + 1)]
-                        # The offset, then the sign; NM_EMPTY and NM_INVALID have every offset
-                        # bit set, and differ in the sign.
-                        offset, neg = code[:NM_OFFSET_BITS], code[NM_OFFSET_BITS]
-                        m.d.comb += put(lane, offset != NM_EMPTY, neg, offset)
-                    assert NM_EMPTY == (1 << NM_OFFSET_BITS) - 1
-                    assert NM_INVALID == NM_EMPTY | 1 << NM_OFFSET_BITS
-                    m.d.comb += self.invalid.eq(nm_bad_any)
+            for e, bad_any in invalid.items():
+                with m.Case(e):
+                    m.d.comb += self.invalid.eq(bad_any)
             with m.Default():
                 m.d.comb += self.invalid.eq(1)
         return m

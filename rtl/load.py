@@ -301,7 +301,9 @@ class LoadUnit(wiring.Component):
         fresh = Signal(init=1)
         words_left, rows_left = Signal.like(head.length), Signal.like(head.rows)
         no_words, no_rows = Signal(), Signal()
-        m.d.comb += [decoder.word.eq(resp), decoder.encoding.eq(cur.encoding)]
+        # The decoded row goes out whatever the buffer; only the enable tells.
+        m.d.comb += [decoder.word.eq(resp), decoder.encoding.eq(cur.encoding),
+                     self.w_data.eq(decoder.trits)]
         cur_words = Mux(fresh, cur.length_m1, words_left)
         cur_rows = Mux(fresh, cur.rows_m1, rows_left)
         last_word = Mux(fresh, cur.one_word, no_words)
@@ -316,7 +318,7 @@ class LoadUnit(wiring.Component):
                 m.d.comb += [resp_error.eq(ErrorCode.BAD_WEIGHT), resp_error_pc.eq(cur.pc),
                              self.fault.eq(1)]
             with m.If(cur.buffer == Buffer.WEIGHT):
-                m.d.comb += [self.w_en.eq(-1), self.w_addr.eq(addr), self.w_data.eq(decoder.trits)]
+                m.d.comb += [self.w_en.eq(-1), self.w_addr.eq(addr)]
                 if p.nm:
                     with m.If(cur.encoding == WeightEncoding.NM):
                         # Word 2i: lanes 0 .. 2P-1 of row i; word 2i+1: lanes 2P .. 4P-1, and
