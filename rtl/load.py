@@ -301,9 +301,9 @@ class LoadUnit(wiring.Component):
         fresh = Signal(init=1)
         words_left, rows_left = Signal.like(head.length), Signal.like(head.rows)
         no_words, no_rows = Signal(), Signal()
-        # The decoded row goes out whatever the buffer; only the enable tells.
+        # The decoded row and the word go out whatever the buffer; only the enables tell.
         m.d.comb += [decoder.word.eq(resp), decoder.encoding.eq(cur.encoding),
-                     self.w_data.eq(decoder.trits)]
+                     self.w_data.eq(decoder.trits), self.a_data.eq(resp)]
         cur_words = Mux(fresh, cur.length_m1, words_left)
         cur_rows = Mux(fresh, cur.rows_m1, rows_left)
         last_word = Mux(fresh, cur.one_word, no_words)
@@ -334,7 +334,7 @@ class LoadUnit(wiring.Component):
                             self.w_en.eq(Mux(offset[0], ((1 << g) - 1) & ~low, low)),
                         ]
             with m.Else():
-                m.d.comb += [self.a_en.eq(1), self.a_addr.eq(addr), self.a_data.eq(resp)]
+                m.d.comb += [self.a_en.eq(1), self.a_addr.eq(addr)]
             with m.If(last):
                 m.d.sync += [offset.eq(0), fresh.eq(1)]
                 m.d.comb += [inflight.r_en.eq(1), self.retire.eq(1), self.retire_pc.eq(cur.pc),

@@ -77,6 +77,10 @@ class ArrayParams:
         weight buffer's block RAMs). No cycle changes: a LOAD's consumers issue the cycle after
         it retires at the earliest, and read a cycle after that. It costs a flip-flop per bit
         of a buffer row.
+    registered_act_write : likewise an activation word is written to the activation buffer
+        from a register, a cycle after its response (its address adder and the route across
+        the die then lie before the register). No cycle changes, for the same reason. It costs
+        a flip-flop per bit of a word.
     held_fetch : the program memory (and its predecode) is read every cycle, and an instruction
         waiting for its unit is held in flip-flops, instead of the memory holding it with its
         read enable: no issue decision reaches a block RAM. No cycle changes. It costs a
@@ -116,6 +120,7 @@ class ArrayParams:
     counter_bits: int = COUNTER_BITS
     registered_decode: bool = False
     registered_weight_write: bool = False
+    registered_act_write: bool = False
     held_fetch: bool = False
     prefetch: bool = False
     registered_operands: bool = False
@@ -253,8 +258,8 @@ SCALE_POINTS = {
     # then prefetch), then the lanes' clear (fanout_rows).
     "ecp5": ArrayParams(name="ecp5", port_bytes=32, token_lanes=2,
                         wbuf_rows=1024, abuf_rows=512, acc_groups=1, registered_decode=True,
-                        registered_weight_write=True, prefetch=True, registered_operands=True,
-                        fanout_rows=4),
+                        registered_weight_write=True, registered_act_write=True, prefetch=True,
+                        registered_operands=True, fanout_rows=4),
     # The reference design: a 1024-bit port (128 B/cycle), 640 rows x 2 tokens = 1280 lanes.
     # 640 rows divide the 2B4T projection heights 2560 and 640 and tile 6912 at 98%.
     # It implements N:M structured sparse weights (rtl.isa NM) besides the dense encodings.

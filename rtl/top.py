@@ -203,10 +203,13 @@ class Accelerator(wiring.Component):
                                               data=load.w_data)
         else:
             w_addr, w_data = load.w_addr, load.w_data
+        a_en, a_addr, a_data = load.a_en & run, load.a_addr, load.a_data
+        if p.registered_act_write:
+            # The same for an activation word, for the same reason: no cycle changes.
+            a_en, a_addr, a_data = registered(m, "abuf_w_", en=a_en, addr=a_addr, data=a_data)
         m.d.comb += [
             wbuf_w.en.eq(w_en), wbuf_w.addr.eq(w_addr), wbuf_w.data.eq(w_data),
-            abuf_w.en.eq(load.a_en & run), abuf_w.addr.eq(load.a_addr),
-            abuf_w.data.eq(load.a_data),
+            abuf_w.en.eq(a_en), abuf_w.addr.eq(a_addr), abuf_w.data.eq(a_data),
             wbuf_r.addr.eq(comp.w_addr), comp.w_data.eq(wbuf_data),
             abuf_r.addr.eq(comp.a_addr), comp.a_data.eq(abuf_data),
         ]

@@ -27,14 +27,16 @@ CONFIGS = {
 
 
 #: The `ecp5` scale point's shape, small: two token lanes and one accumulator group held in the
-#: lanes (neither configuration above combines them), the program read ahead (`prefetch`), the
+#: lanes (neither configuration above combines them), the program read ahead (`prefetch`),
+#: both buffers written from registers (`registered_weight_write`, `registered_act_write`), the
 #: words read registered before the operands are picked (`registered_operands`) and the lanes'
 #: clear in copies of 3 rows (7 copies for 20 rows, the last one short).
 #: Only projections and special values run on it (`test_lockstep.py`).
 HELD2 = ArrayParams(name="held2", port_bytes=4, token_lanes=2, wbuf_rows=64, abuf_rows=64,
                     acc_groups=1, queue_depth=2, loads_in_flight=2, imem_depth=2048,
-                    registered_decode=True, registered_weight_write=True, prefetch=True,
-                    registered_operands=True, fanout_rows=3, mem=MemTiming(read_latency=3))
+                    registered_decode=True, registered_weight_write=True,
+                    registered_act_write=True, prefetch=True, registered_operands=True,
+                    fanout_rows=3, mem=MemTiming(read_latency=3))
 
 
 @pytest.fixture(scope="session", params=list(CONFIGS))

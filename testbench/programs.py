@@ -215,7 +215,35 @@ def special_cases(params: ArrayParams) -> list:
     cases.append(Case("kmax", Job(prog, mem), plan,
                       np.full((1, rows), 128 * reps * kt, np.int32)))
     cases.append(_overwrite_case(params))
+    cases.append(_reload_case(params))
     return cases
+
+
+def _reload_case(params: ArrayParams) -> Case:
+    """A MATMUL that reads activations the LOAD just before it wrote, as early as it can: one
+    word, reloaded in place between two MATMULs, the second accumulating onto the first (so it
+    waits on nothing but the LOAD). An activation word written a cycle late would be read
+    stale."""
+    rng = np.random.default_rng(12)
+    lt, rows = params.token_lanes, params.row_lanes
+    k = params.port_bytes // lt
+    w = rng.integers(-1, 2, (rows, k)).astype(np.int8)
+    x = rng.integers(-128, 128, (2, lt, k)).astype(np.int8)
+    mem = MemoryImage(params.port_bytes)
+    mem.add(0, pack_trits(w.T.reshape(-1), WeightEncoding.BASE3).reshape(k, params.port_bytes))
+    for i in range(2):
+        mem.add(k + i, x[i].T.reshape(1, -1).view(np.uint8))
+    words = params.out_words_per_token
+    y_base = k + 2
+    prog = [Load(buffer=Buffer.WEIGHT, rows=1, length=k, dram=0),
+            Load(buffer=Buffer.ACT, rows=1, length=1, dram=k, push_next=1),
+            MatMul(k_len=k, tokens=lt, n_rows=rows, pop_prev=1, push_prev=1),
+            Load(buffer=Buffer.ACT, rows=1, length=1, dram=k + 1, pop_next=1, push_next=1),
+            MatMul(k_len=k, tokens=lt, n_rows=rows, accumulate=1, pop_prev=1, push_next=1),
+            Store(tokens=lt, words=words, dram=y_base, stride=words, pop_prev=1), Halt()]
+    plan = _ResultRegion(n=rows, tokens=lt, y_base=y_base, y_words=lt * words)
+    return Case("reload", Job(prog, mem), plan,
+                ternary_matmul(x[0], w) + ternary_matmul(x[1], w))
 
 
 def _overwrite_case(params: ArrayParams) -> Case:
