@@ -366,16 +366,16 @@ CHIPS = {
     "icebreaker": ChipParams(name="icebreaker", array=SCALE_POINTS["tiny"], mem_words=32768,
                              clk_hz=30_000_000, baud=1_000_000),
     # ULX3S: ECP5-85F, 128 KB of block RAM beside the accelerator's own buffers. The chip
-    # takes 30% of the logic; with every block RAM output registered before the decoder, the
-    # weight buffer and the issue decisions (the program read ahead: `prefetch`), a registered
+    # takes 30% of the logic; with the block RAM outputs registered before the decoder, the
+    # issue decisions (the program read ahead: `prefetch`) and COMPUTE's operand select
+    # (`registered_operands`), every buffer and memory write from a register, a registered
     # reset, a three-stage zero count and the held lanes' clock enables and clears straight
-    # from flip-flops, its paths reach 70.5-75.2 MHz over the placements measured
-    # (docs/results.md), so the PLL makes 70 MHz from the 25 MHz oscillator. 150 MHz needs
-    # the activation buffer's and the base-3 tables' outputs registered before their selects
-    # (5.8 ns of block RAM clock-to-out, then five LUTs of byte select): a cycle more per
-    # MATMUL and per LOAD, which the simulator must model.
+    # from flip-flops, its paths reach about 80 MHz (docs/results.md), so the PLL makes
+    # 75 MHz from the 25 MHz oscillator. 150 MHz (6.7 ns) is below a block RAM's 5.8 ns
+    # clock-to-out plus a route: it needs the DP16KD's own output register, which Yosys
+    # does not infer.
     "ulx3s": ChipParams(name="ulx3s", array=SCALE_POINTS["ecp5"], mem_words=4096,
-                        clk_hz=70_000_000, baud=1_000_000, registered_program_write=True,
+                        clk_hz=75_000_000, baud=1_000_000, registered_program_write=True,
                         registered_memory_request=True),
 }
 
