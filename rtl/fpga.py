@@ -104,6 +104,10 @@ class Board:
     leds: dict
     extra_resources: str = ""   # attribute of the platform class with resources to add
     lut4_per_lane: int | None = None    # most LUT4 (Yosys) a design may take per lane
+    #: nextpnr seeds a build without `--seed` places with in turn, after nextpnr's default
+    #: placement, while a placement misses the target clock (the report names the seed of the
+    #: placement it keeps, and lists every placement tried).
+    retry_seeds: tuple = ()
 
 
 BOARDS = {
@@ -112,7 +116,10 @@ BOARDS = {
                         device="iCE40UP5K", osc="clk12", pll="ice40",
                         leds={"running": ("led_g", 1), "done": ("led_g", 0),
                               "failed": ("led_r", 0)},
-                        extra_resources="break_off_pmod"),
+                        extra_resources="break_off_pmod",
+                        # The chip fills 97-98% of the logic cells, and one placement to the
+                        # next moves Fmax by 4-5 MHz (docs/results.md); each takes a minute.
+                        retry_seeds=(2, 3, 4)),
     "ulx3s": Board(platform="amaranth_boards.ulx3s:ULX3S_85F_Platform",
                    device="LFE5U-85F", osc="clk25", pll="ecp5",
                    leds={"running": ("led", 0), "done": ("led", 1), "failed": ("led", 2)},
@@ -580,8 +587,8 @@ def _versions() -> dict:
     return out
 
 
-def _design_hash(plan) -> str:
-    h = hashlib.sha256()
+def _design_hash(plan, retry_seeds: tuple = ()) -> str:
+    h = hashlib.sha256(f"retry_seeds={retry_seeds}\0".encode())
     for name in sorted(plan.files):
         content = plan.files[name]
         h.update(name.encode() + b"\0")
@@ -648,9 +655,40 @@ def _flow(commands: list, name: str, family: str, build_dir: Path, report: dict,
         steps[step] = round(_run([_tool_command(cmd[0]), *cmd[1:]], build_dir,
                                  build_dir / f"{step}.log"), 1)
         say(f"[{report['board']}] {step}: {steps[step]:.1f} s")
+        if step == "pnr" and report["seed"] is None:
+            _retry_placement([_tool_command(cmd[0]), *cmd[1:]], name, family, build_dir,
+                             report, say)
         if step == until:
             break
     return steps
+
+
+def _retry_placement(cmd: list, name: str, family: str, build_dir: Path, report: dict, say):
+    """Place and route again with the board's `retry_seeds`, in turn, while the placement
+    misses the target clock. report["placements"] lists each placement tried ({"seed",
+    "missed_mhz": the worst clock's Fmax, or None when it met its target}); the build keeps
+    the last, whose seed is report["retry_seed"] (None: nextpnr's default)."""
+    stat = json.loads((build_dir / f"{name}.stat.json").read_text())
+    pnr_path = build_dir / f"{name}.pnr.json"
+
+    def missed() -> float | None:
+        clocks = parse_reports(family, stat, json.loads(pnr_path.read_text()))["fmax_mhz"]
+        late = [c["achieved"] for c in clocks.values() if c["achieved"] < c["target"]]
+        return min(late) if late else None
+
+    report["placements"] = []
+    seed = None
+    for nxt in (*BOARDS[report["board"]].retry_seeds, None):
+        fmax = missed()
+        report["placements"].append({"seed": seed, "missed_mhz": fmax})
+        if fmax is None or nxt is None:
+            break
+        say(f"[{report['board']}] pnr: {fmax:.2f} MHz misses the target; "
+            f"nextpnr seed {nxt} ...")
+        seed = nxt
+        report["steps_s"]["pnr"] += round(_run([*cmd, "--seed", str(seed)], build_dir,
+                                               build_dir / f"pnr-seed{seed}.log"), 1)
+    report["retry_seed"] = seed
 
 
 def build(board_name: str, design: Design, out: Path, *, force: bool = False,
@@ -680,7 +718,7 @@ def build(board_name: str, design: Design, out: Path, *, force: bool = False,
     name = re.sub(r"\W", "_", design.name)
     plan = platform.prepare(top, name, emit_src=False, **_overrides(family, name, seed))
     commands = json.loads(plan.files[f"build_{name}.json"])["commands"]
-    digest = _design_hash(plan)
+    digest = _design_hash(plan, board.retry_seeds)
     report = {
         "board": board_name, "device": board.device, "package": platform.package,
         "family": family, "design": design.name, "scale_point": design.array.name,
@@ -704,7 +742,8 @@ def build(board_name: str, design: Design, out: Path, *, force: bool = False,
         say(f"[{board_name}] design unchanged ({digest[:12]}): reusing {_rel(build_dir)}")
         report.update(cached=True, date=previous["date"], machine=previous["machine"],
                       commit=previous.get("commit"), steps_s=previous["steps_s"],
-                      flow_done=True)
+                      flow_done=True,
+                      **{k: previous[k] for k in ("placements", "retry_seed") if k in previous})
     else:
         if build_dir.exists():
             shutil.rmtree(build_dir)
@@ -823,6 +862,7 @@ def _row(r: dict) -> str:
         return f"{x['used']:,} / {x['available']:,} ({100 * x['used'] / x['available']:.0f}%)"
 
     fmax = target_fmax(r)
+    retry = "" if r.get("retry_seed") is None else f" (nextpnr seed {r['retry_seed']})"
     steps = ", ".join(f"{k} {s:.0f} s" for k, s in r["steps_s"].items())
     budget = BOARDS[r["board"]].lut4_per_lane
     per_lane = f"{lut4_per_lane(r):.1f}" + (
@@ -830,7 +870,7 @@ def _row(r: dict) -> str:
     seed = "" if r.get("seed") is None else f", nextpnr seed {r['seed']}"
     return (f"| {r['board']} ({r['device']}) | {r['design']}, {r['scale_point']}{seed} "
             f"| {r['lanes']} ({r['rows']} x {r['token_lanes']}) | {_mhz(r['clk_hz'])} "
-            f"| {'-' if fmax is None else f'{fmax:.1f} MHz'} | "
+            f"| {'-' if fmax is None else f'{fmax:.1f} MHz{retry}'} | "
             + " | ".join(cell(k) for k in ("logic_cells", "lut4"))
             + f" | {per_lane} | "
             + " | ".join(cell(k) for k in RESOURCES if k not in ("logic_cells", "lut4"))
@@ -896,7 +936,11 @@ def main(argv=None) -> int:
                          "built replace theirs, other rows are kept")
     ap.add_argument("--seed", type=int, metavar="N",
                     help="place and route with nextpnr seed N (a placement other than the "
-                         "default one, into OUT/<board>-seedN/; its results row names the seed)")
+                         "default one, into OUT/<board>-seedN/; its results row names the seed). "
+                         "Without it, a placement that misses the clock is placed again with "
+                         "the board's retry seeds (" + "; ".join(
+                             f"{b}: {', '.join(map(str, board.retry_seeds))}"
+                             for b, board in BOARDS.items() if board.retry_seeds) + ")")
     ap.add_argument("--force", action="store_true",
                     help="rebuild even when the design and flow are unchanged")
     ap.add_argument("--json", action="store_true", help="print the reports as one JSON list")

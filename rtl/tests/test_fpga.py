@@ -393,6 +393,47 @@ def test_seed_reaches_nextpnr_and_the_report(tmp_path):
     assert on_disk["seed"] == 7
 
 
+@pytest.mark.parametrize("fmax, tried, kept", [
+    ({None: 29.9, 2: 29.5, 3: 33.1, 4: 40.0}, [2, 3], 3),
+    ({None: 31.0}, [], None),
+    ({None: 29.9, 2: 29.5, 3: 28.0, 4: 29.0}, [2, 3, 4], 4),
+], ids=["third", "default", "none"])
+def test_missed_placement_retried_with_the_boards_seeds(tmp_path, monkeypatch, fmax, tried,
+                                                         kept):
+    """A placement that misses the clock is placed again with the board's `retry_seeds`, in
+    turn, until one meets it (or none is left: the build keeps the last and fails); the
+    report lists every placement, and the results row names the seed of the one kept."""
+    assert fpga.BOARDS["icebreaker"].retry_seeds == (2, 3, 4)
+    (tmp_path / "chip.stat.json").write_text(json.dumps(STAT))
+
+    def place(seed):
+        pnr = {**PNR, "fmax": {"clk": {"achieved": fmax[seed], "constraint": 30.0}}}
+        (tmp_path / "chip.pnr.json").write_text(json.dumps(pnr))
+
+    calls = []
+
+    def run(cmd, build_dir, log):
+        seed = int(cmd[cmd.index("--seed") + 1])
+        assert cmd[:2] == ["nextpnr", "--json"] and log.name == f"pnr-seed{seed}.log"
+        calls.append(seed)
+        place(seed)
+        return 1.0
+
+    monkeypatch.setattr(fpga, "_run", run)
+    place(None)
+    report = {"board": "icebreaker", "steps_s": {"pnr": 1.0}, "seed": None}
+    fpga._retry_placement(["nextpnr", "--json"], "chip", "ice40", tmp_path, report,
+                          lambda msg: None)
+    assert calls == tried and report["retry_seed"] == kept
+    seeds = [None, *tried]
+    assert report["placements"] == [
+        {"seed": s, "missed_mhz": fmax[s] if fmax[s] < 30 else None} for s in seeds]
+    assert report["steps_s"]["pnr"] == 1.0 + len(tried)
+    row = fpga._row(board_report(retry_seed=kept))
+    assert ("(nextpnr seed" in row) == (kept is not None)
+    assert fpga._row_key(row) == fpga._row_key(fpga._row(board_report()))
+
+
 def test_cli_refuses_a_seed_out_of_range(capsys):
     with pytest.raises(SystemExit) as e:
         fpga.main(["--board", "icebreaker", "--seed", "-1"])
