@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rtl.isa import Counter, ErrorCode, Status
+from rtl.params import CHIPS
 from sim.machine import Simulator
 
 from .backend import record_waves
@@ -124,4 +125,16 @@ def test_held_lanes_two_tokens_errors_lockstep():
     p = HELD2
     rtl, sim = verilator_backend(p), Simulator(p)
     check_lockstep(error_cases(p), rtl, sim)
+    check_fuzzed(p, rtl, sim, range(12))
+
+
+@pytest.mark.slow
+def test_ulx3s_scale_point_lockstep():
+    """The scale point the ULX3S bitstream is built from (`ecp5`: 320 lanes, every register
+    its FPGA timing asked for), not a small shape like it: projections, special values,
+    errors and random instruction streams agree with the simulator (a minute to build)."""
+    p = CHIPS["ulx3s"].array
+    rtl, sim = verilator_backend(p), Simulator(p)
+    cases = projection_cases(p, 5, 8) + special_cases(p) + error_cases(p)
+    check_lockstep(cases, rtl, sim)
     check_fuzzed(p, rtl, sim, range(12))
