@@ -149,15 +149,23 @@ class HostLink(wiring.Component):
         with m.If(crc_en):
             m.d.sync += crc.eq(crc16_step(crc, crc_in))
 
-        # Silence timer: reloaded by every received byte, expires inside a frame.
+        # Silence timer: reloaded by every received byte, expires inside a frame. Whether the
+        # timer and the prescaler are zero is worked out a cycle ahead, in flags beside them:
+        # `expired` reaches the reply registers' enables, and a comparison of the timer's
+        # bits in front of that was one of the ULX3S chip's slowest paths.
+        timer_zero = Signal(init=1)
+        prescale_zero = Signal(init=1)
+        assert chip.link_timeout_bits > 0 and chip.uart_divisor > 1
         with m.If(got):
-            m.d.sync += [timer.eq(chip.link_timeout_bits), prescale.eq(chip.uart_divisor - 1)]
-        with m.Elif(timer != 0):
-            with m.If(prescale == 0):
-                m.d.sync += [timer.eq(timer - 1), prescale.eq(chip.uart_divisor - 1)]
+            m.d.sync += [timer.eq(chip.link_timeout_bits), timer_zero.eq(0),
+                         prescale.eq(chip.uart_divisor - 1), prescale_zero.eq(0)]
+        with m.Elif(~timer_zero):
+            with m.If(prescale_zero):
+                m.d.sync += [timer.eq(timer - 1), timer_zero.eq(timer == 1),
+                             prescale.eq(chip.uart_divisor - 1), prescale_zero.eq(0)]
             with m.Else():
-                m.d.sync += prescale.eq(prescale - 1)
-        expired = ~got & (timer == 0)
+                m.d.sync += [prescale.eq(prescale - 1), prescale_zero.eq(prescale == 1)]
+        expired = ~got & timer_zero
 
         def fail(reason):
             m.d.sync += err.eq(reason)

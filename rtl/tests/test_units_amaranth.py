@@ -12,6 +12,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from rtl.decoder import WeightDecoder
+from rtl.hostlink import HostLink
 from rtl.isa import (
     BASE3_VALID_BYTES,
     CODE2_INVALID,
@@ -22,7 +23,8 @@ from rtl.isa import (
     nm_slot_table,
 )
 from rtl.lane import TernaryLane
-from rtl.params import ACT_BITS, SCALE_POINTS, ArrayParams
+from rtl.params import ACT_BITS, CHIPS, SCALE_POINTS, ArrayParams, sim_chip
+from rtl.protocol import SYNC
 from sim.golden import pack_trits, unpack_trits
 
 #: Accumulator width of every scale point (it depends only on max_k).
@@ -484,3 +486,31 @@ def test_matmul_first_group_refusal_is_the_span_bound(point):
     sim.add_testbench(bench)
     sim.run()
     assert len(checked) == len(k_lens) * len(abufs)
+
+
+@pytest.mark.parametrize("board, divisor, bits", [("icebreaker", 4, 64), ("ulx3s", 5, 40)])
+def test_link_timeout_is_its_bit_times_exactly(board, divisor, bits):
+    """A frame that falls silent after a byte is answered (its reply's SYNC offered) exactly
+    `link_timeout_bits` bit times of `uart_divisor` cycles after that byte, plus one cycle."""
+    chip = sim_chip(CHIPS[board], divisor=divisor, timeout_bits=bits)
+    dut = HostLink(chip, chip.mem_read_latency)
+    waited = []
+
+    async def testbench(ctx):
+        ctx.set(dut.tx.ready, 1)
+        await ctx.tick().repeat(3)
+        ctx.set(dut.rx.payload.data, SYNC)
+        ctx.set(dut.rx.valid, 1)
+        await ctx.tick()
+        ctx.set(dut.rx.valid, 0)
+        n = 0
+        while not ctx.get(dut.tx.valid) and n < 2 * bits * divisor:
+            await ctx.tick()
+            n += 1
+        waited.append((n, ctx.get(dut.tx.payload)))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert waited == [(bits * divisor + 1, SYNC)]
