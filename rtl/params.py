@@ -360,7 +360,7 @@ class ChipParams:
 
 CHIPS = {
     # iCEBreaker: iCE40 UP5K, its four SPRAMs (128 KB) as the memory, 12 MHz crystal -> PLL.
-    # The chip fills 97% of the UP5K's logic cells; with its control pipelined (precomputed
+    # The chip fills 97-98% of the UP5K's logic cells; with its control pipelined (precomputed
     # checks and flags, docs/architecture.md section 5.1) it reaches 29.9-36 MHz, one
     # placement to the next (docs/results.md), so the PLL makes 30 MHz, and a placement
     # that misses it is placed again (`rtl.fpga.Board.retry_seeds`); 48 MHz is still open.
