@@ -652,12 +652,11 @@ def _flow(commands: list, name: str, family: str, build_dir: Path, report: dict,
             if check_report(report):
                 return steps
         say(f"[{report['board']}] {step} ({cmd[0]}) ...")
-        steps[step] = round(_run([_tool_command(cmd[0]), *cmd[1:]], build_dir,
-                                 build_dir / f"{step}.log"), 1)
+        argv = [_tool_command(cmd[0]), *cmd[1:]]
+        steps[step] = round(_run(argv, build_dir, build_dir / f"{step}.log"), 1)
         say(f"[{report['board']}] {step}: {steps[step]:.1f} s")
         if step == "pnr" and report["seed"] is None:
-            _retry_placement([_tool_command(cmd[0]), *cmd[1:]], name, family, build_dir,
-                             report, say)
+            _retry_placement(argv, name, family, build_dir, report, say)
         if step == until:
             break
     return steps

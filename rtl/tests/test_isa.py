@@ -1,5 +1,6 @@
 """The ISA table: integer and Amaranth encodings agree, bad values are refused, docs are fresh."""
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from rtl.isa import (
     instr_layout,
     markdown,
 )
+from rtl.params import scale_point
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "isa.md"
 
@@ -103,3 +105,16 @@ def test_base3_table_is_the_radix3_expansion():
 def test_docs_isa_md_is_generated_from_isa():
     assert DOCS.read_text() == markdown(), \
         "docs/isa.md is stale: run `make docs` (python -m rtl.isa --markdown > docs/isa.md)"
+
+
+@pytest.mark.parametrize("changes, why", [
+    ({"held_fetch": True, "prefetch": True}, "held_fetch and prefetch are two ways to fetch"),
+    ({"acc_groups": 2, "registered_operands": True},
+     "registered_operands needs held lanes"),
+    ({"fanout_rows": -1}, "fanout_rows must be >= 0"),
+])
+def test_scale_point_refuses_combinations(changes, why):
+    """Options that exclude each other, or that are verified only with another, are refused
+    in one line that names the scale point."""
+    with pytest.raises(ValueError, match=f"'tiny': {why}"):
+        dataclasses.replace(scale_point("tiny"), **changes)
