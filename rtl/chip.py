@@ -42,13 +42,16 @@ def uses_spram(platform, words: int, width: int) -> bool:
 
 
 class ChipMemory(wiring.Component):
-    """Single-port memory of `words` x `width` bits; a read's data appears the next cycle.
+    """Single-port memory of `words` x `width` bits; a read's data appears two cycles later.
 
-    On an iCE40 UP platform it is built from SPRAMs, elsewhere from an Amaranth `Memory`
-    (block RAM, or simulation). Both behave identically cycle for cycle: `rdata` is the word
-    at the address of a read (`en` without `we`) in the cycle after it, and is undefined after
-    a cycle without one. A write (`en` and `we`) stores `wdata`. Contents after power-up are
-    undefined on SPRAM (zero in simulation).
+    On an iCE40 UP platform it is built from SPRAMs, whose data is registered after the bank
+    select. Elsewhere it is `banks` Amaranth `Memory`s (block RAM, or simulation), each read
+    into a register of its own, with the bank picked after those registers: on the ECP5 that
+    register is the block RAM's output register (`rtl.bramfold`), and the 5.8 ns a DP16KD
+    takes without it no longer lies in front of the bank select. Both behave identically cycle
+    for cycle: `rdata` is the word at the address of a read (`en` without `we`) two cycles
+    after it, and undefined two cycles after a cycle without one. A write (`en` and `we`)
+    stores `wdata`. Contents after power-up are undefined on SPRAM (zero in simulation).
 
     Members
     -------
@@ -58,14 +61,17 @@ class ChipMemory(wiring.Component):
     rdata : Out(width)
     """
 
-    def __init__(self, words: int, width: int):
+    def __init__(self, words: int, width: int, banks: int = 1):
+        assert banks >= 1 and words % banks == 0
         self.words = words
         self.width = width
+        self.banks = banks
         super().__init__({"addr": In(range(words)), "wdata": In(width), "en": In(1),
                           "we": In(1), "rdata": Out(width)})
 
     def elaborate(self, platform):
         m = Module()
+        rdata = Signal(self.width, reset_less=True)
         if uses_spram(platform, self.words, self.width):
             abits = SPRAM_DEPTH.bit_length() - 1
             banks = -(-self.words // SPRAM_DEPTH)
@@ -85,17 +91,35 @@ class ChipMemory(wiring.Component):
                         i_CHIPSELECT=self.en & (bank == b) if banks > 1 else self.en,
                         i_CLOCK=ClockSignal("sync"), i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1,
                         o_DATAOUT=out[sl])
-            rdata = outs[0]
+            picked = outs[0]
             for b in range(1, banks):
-                rdata = Mux(bank_r == b, outs[b], rdata)
-            m.d.comb += self.rdata.eq(rdata)
+                picked = Mux(bank_r == b, outs[b], picked)
+            m.d.sync += rdata.eq(picked)
         else:
-            m.submodules.mem = mem = Memory(shape=self.width, depth=self.words, init=[])
-            wp = mem.write_port()
-            rp, rdata = read_port(m, mem, en=self.en & ~self.we)
-            m.d.comb += [wp.addr.eq(self.addr), wp.data.eq(self.wdata),
-                         wp.en.eq(self.en & self.we), rp.addr.eq(self.addr),
-                         self.rdata.eq(rdata)]
+            depth = self.words // self.banks
+            abits = (depth - 1).bit_length()
+            bank = self.addr[abits:]
+            # The bank of a read, beside its word: at the block RAM's output, then in the
+            # second register.
+            bank_r = [Signal.like(bank, name=f"bank_r{i}") for i in range(2)]
+            m.d.sync += [bank_r[0].eq(bank), bank_r[1].eq(bank_r[0])]
+            outs = []
+            for b in range(self.banks):
+                mem = Memory(shape=self.width, depth=depth, init=[])
+                m.submodules[f"mem{b}" if self.banks > 1 else "mem"] = mem
+                wp = mem.write_port()
+                here = bank == b if self.banks > 1 else 1
+                rp, data = read_port(m, mem, en=self.en & ~self.we & here)
+                out = Signal(self.width, name=f"bank{b}_data", reset_less=True)
+                m.d.sync += out.eq(data)
+                outs.append(out)
+                m.d.comb += [wp.addr.eq(self.addr[:abits]), wp.data.eq(self.wdata),
+                             wp.en.eq(self.en & self.we & here), rp.addr.eq(self.addr[:abits])]
+            picked = outs[0]
+            for b in range(1, self.banks):
+                picked = Mux(bank_r[1] == b, outs[b], picked)
+            m.d.comb += rdata.eq(picked)
+        m.d.comb += self.rdata.eq(rdata)
         return m
 
 
@@ -107,7 +131,7 @@ class Chip(wiring.Component):
     goes to memory in the same cycle, when that register is empty (`rd_req.ready` is its
     registered empty flag, so no request path crosses from STORE to LOAD within a cycle).
     Responses come back `ChipParams.mem_read_latency` cycles after the request, in order, from
-    a register after the memory (and with `registered_memory_request`, each request goes
+    the memory's second register (and with `registered_memory_request`, each request goes
     through a register before it). The host link
     reaches memory and program memory only while the accelerator is neither running nor
     draining and no write is pending, so the two never meet. Accelerator addresses wrap at
@@ -146,7 +170,7 @@ class Chip(wiring.Component):
         m.submodules.uart_rx = rx = UARTReceiver(chip.uart_divisor)
         m.submodules.uart_tx = tx = UARTTransmitter(chip.uart_divisor)
         m.submodules.link = link = HostLink(chip, chip.mem_read_latency)
-        m.submodules.mem = mem = ChipMemory(chip.mem_words, a.port_bits)
+        m.submodules.mem = mem = ChipMemory(chip.mem_words, a.port_bits, chip.mem_banks)
 
         m.d.comb += [rx.rx.eq(self.uart_rx), self.uart_tx.eq(tx.tx)]
         wiring.connect(m, rx.stream, link.rx)
@@ -194,13 +218,11 @@ class Chip(wiring.Component):
             # spread over the die: every request, in order, a cycle later.
             req = dict(zip(req, registered(m, "mem_req_", **req)))
         m.d.comb += [getattr(mem, k).eq(v) for k, v in req.items()]
-        # The word read in the previous cycle, registered: `rdata` `mem_read_latency` cycles
-        # after the read was accepted, `was_rd` its valid flag on the way.
-        rdata = Signal(a.port_bits)
+        # The memory's word, `mem_read_latency` cycles after the read was accepted; `was_rd`
+        # its valid flag on the way.
         was_rd = Signal(chip.mem_read_latency - 1)
-        m.d.sync += [rdata.eq(mem.rdata), was_rd.eq(Cat(acc_rd, was_rd)),
-                     acc.rd_resp.valid.eq(was_rd[-1])]
-        m.d.comb += [acc.rd_resp.payload.eq(rdata), link.mem_rdata.eq(rdata)]
+        m.d.sync += [was_rd.eq(Cat(acc_rd, was_rd)), acc.rd_resp.valid.eq(was_rd[-1])]
+        m.d.comb += [acc.rd_resp.payload.eq(mem.rdata), link.mem_rdata.eq(mem.rdata)]
         return m
 
 

@@ -306,6 +306,11 @@ class ChipParams:
         on the protocol, whose START follows a write by thousands of cycles).
     registered_memory_request : the memory's address, write data and enables pass through a
         register (every request a cycle later, reads one cycle longer: `mem_read_latency`).
+    mem_banks : the memory (where it is block RAM) is built as this many memories, by address,
+        each read into a register of its own before the bank is picked (`rtl.chip.ChipMemory`):
+        on the ECP5 those registers are the block RAMs' output registers (`rtl.bramfold`). As
+        many as the block RAMs' own depth makes of it (Yosys builds 4096 x 256 bits from
+        DP16KDs of 2048 x 9: two). No cycle changes.
     """
 
     name: str
@@ -317,6 +322,7 @@ class ChipParams:
     link_timeout_bits: int = 10_000
     registered_program_write: bool = False
     registered_memory_request: bool = False
+    mem_banks: int = 1
 
     def __post_init__(self):
         from .isa import INSTR_BITS
@@ -335,6 +341,8 @@ class ChipParams:
              and self.link_buffer_bytes <= 4096,
              f"link_buffer_bytes must be a power of 2, a multiple of {unit}, at most 4096"),
             (self.link_timeout_bits >= 32, "link_timeout_bits must be >= 32"),
+            (pow2(self.mem_banks) and self.mem_banks < self.mem_words,
+             "mem_banks must be a power of 2 below mem_words"),
         ]
         for ok, why in checks:
             if not ok:
@@ -348,9 +356,10 @@ class ChipParams:
     @property
     def mem_read_latency(self) -> int:
         """Cycles from an accepted read to its data: the memory registers the address (a cycle
-        later with `registered_memory_request`), and its data is registered again beside it
-        before anything uses it (on the ECP5 the block RAMs' 5.8 ns clock-to-out and the route
-        across the die from them were the chip's critical path)."""
+        later with `registered_memory_request`), and its data is registered again before
+        anything uses it (on the ECP5 in the block RAMs' output registers: their 5.8 ns
+        clock-to-out without them and the route across the die from them were the chip's
+        critical path)."""
         return 2 + int(self.registered_memory_request)
 
     @property
@@ -377,7 +386,7 @@ CHIPS = {
     # DP16KD's own output register, which Yosys does not infer.
     "ulx3s": ChipParams(name="ulx3s", array=SCALE_POINTS["ecp5"], mem_words=4096,
                         clk_hz=75_000_000, baud=1_000_000, registered_program_write=True,
-                        registered_memory_request=True),
+                        registered_memory_request=True, mem_banks=2),
 }
 
 

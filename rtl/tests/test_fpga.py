@@ -335,13 +335,15 @@ def board_report(board="icebreaker", **changes) -> dict:
 
 def test_results_section_replaces_only_its_own(tmp_path):
     path = tmp_path / "results.md"
-    path.write_text(f"# Results\n\nintro\n\n{fpga.BEGIN}\nold\n{fpga.END}\n\n## Later\n\nkept\n")
+    path.write_text(f"# Results\n\nintro\n\n{fpga.BEGIN}\nstale section\n{fpga.END}\n\n"
+                    "## Later\n\nkept\n")
     r = board_report()
     fpga.write_results(path, fpga.render([r], "python -m rtl.fpga"))
     text = path.read_text()
     assert text.startswith("# Results\n\nintro\n\n" + fpga.BEGIN)
     assert text.endswith(fpga.END + "\n\n## Later\n\nkept\n")
-    assert "old" not in text and "| icebreaker (iCE40UP5K) |" in text and "52.5 MHz" in text
+    assert "stale section" not in text and "| icebreaker (iCE40UP5K) |" in text
+    assert "52.5 MHz" in text
     assert "| 200.0 |" in text and "| abc1234 |" in text     # LUT4 per lane, commit
 
 
