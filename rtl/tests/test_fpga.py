@@ -496,6 +496,14 @@ def test_ulx3s_synthesis_lut4_per_lane(capsys):
     assert res["dsp"]["used"] == 0 and report["lanes"] == CHIPS[board].array.lanes >= 256
     per_lane = fpga.lut4_per_lane(report)
     assert per_lane <= fpga.BOARDS[board].lut4_per_lane == 50, per_lane
+    # The block RAMs whose read the RTL registers right behind them take that register as
+    # their output register (rtl.bramfold): both buffers, the program memory and both banks
+    # of the chip memory, every block RAM of each.
+    fold = report["bram_fold"]
+    for memory in ("design.accel.abuf", "design.accel.wbuf", "design.accel.dispatcher.imem",
+                   "design.mem.mem0", "design.mem.mem1"):
+        got = fold["by_memory"][memory]
+        assert got["folded"] == got["block_rams"] > 0 and got["why_not"] is None, (memory, got)
     print(f"\n{board}: {res['lut4']['used']} LUT4, {per_lane:.1f} per lane, "
           f"steps {report['steps_s']}{' (cached)' if report['cached'] else ''}")
 
