@@ -42,15 +42,17 @@ def uses_spram(platform, words: int, width: int) -> bool:
 
 
 class ChipMemory(wiring.Component):
-    """Single-port memory of `words` x `width` bits; a read's data appears two cycles later.
+    """Single-port memory of `words` x `width` bits; a read's data appears `latency` cycles
+    later (`rtl.params.chip_memory_latency(banks)`).
 
     On an iCE40 UP platform it is built from SPRAMs, whose data is registered after the bank
     select. Elsewhere it is `banks` Amaranth `Memory`s (block RAM, or simulation), each read
     into a register of its own, with the bank picked after those registers: on the ECP5 that
     register is the block RAM's output register (`rtl.bramfold`), and the 5.8 ns a DP16KD
-    takes without it no longer lies in front of the bank select. Both behave identically cycle
-    for cycle: `rdata` is the word at the address of a read (`en` without `we`) two cycles
-    after it, and undefined two cycles after a cycle without one. A write (`en` and `we`)
+    takes without it no longer lies in front of the bank select. The pick of more than one
+    bank is registered again. Both behave identically cycle for cycle: `rdata` is the word at
+    the address of a read (`en` without `we`) `latency` cycles after it, and undefined
+    `latency` cycles after a cycle without one. A write (`en` and `we`)
     stores `wdata`. Contents after power-up are undefined on SPRAM (zero in simulation).
 
     Members
@@ -119,6 +121,13 @@ class ChipMemory(wiring.Component):
             for b in range(1, self.banks):
                 picked = Mux(bank_r[1] == b, outs[b], picked)
             m.d.comb += rdata.eq(picked)
+        if self.banks > 1:
+            # The pick is registered too: the banks' block RAMs lie across the die, and their
+            # route into the pick and from it into the decoder's tables and checks was the
+            # ULX3S chip's critical path. (On SPRAM as well, so that both take as long.)
+            picked_r = Signal.like(rdata, name="rdata_r")
+            m.d.sync += picked_r.eq(rdata)
+            rdata = picked_r
         m.d.comb += self.rdata.eq(rdata)
         return m
 
@@ -131,7 +140,7 @@ class Chip(wiring.Component):
     goes to memory in the same cycle, when that register is empty (`rd_req.ready` is its
     registered empty flag, so no request path crosses from STORE to LOAD within a cycle).
     Responses come back `ChipParams.mem_read_latency` cycles after the request, in order, from
-    the memory's second register (and with `registered_memory_request`, each request goes
+    a register at the memory's output (and with `registered_memory_request`, each request goes
     through a register before it). The host link
     reaches memory and program memory only while the accelerator is neither running nor
     draining and no write is pending, so the two never meet. Accelerator addresses wrap at

@@ -281,7 +281,7 @@ def scale_point(name: str) -> ArrayParams:
 
 # -- chips: a scale point on a board, with its on-chip memory and host link (rtl/chip.py) ------
 
-__all__ += ["ChipParams", "CHIPS", "chip_params", "sim_chip"]
+__all__ += ["ChipParams", "CHIPS", "chip_memory_latency", "chip_params", "sim_chip"]
 
 
 @dataclass(frozen=True)
@@ -310,7 +310,7 @@ class ChipParams:
         each read into a register of its own before the bank is picked (`rtl.chip.ChipMemory`):
         on the ECP5 those registers are the block RAMs' output registers (`rtl.bramfold`). As
         many as the block RAMs' own depth makes of it (Yosys builds 4096 x 256 bits from
-        DP16KDs of 2048 x 9: two). No cycle changes.
+        DP16KDs of 2048 x 9: two). The pick is registered too: reads take a cycle longer.
     """
 
     name: str
@@ -355,16 +355,22 @@ class ChipParams:
 
     @property
     def mem_read_latency(self) -> int:
-        """Cycles from an accepted read to its data: the memory registers the address (a cycle
-        later with `registered_memory_request`), and its data is registered again before
-        anything uses it (on the ECP5 in the block RAMs' output registers: their 5.8 ns
-        clock-to-out without them and the route across the die from them were the chip's
-        critical path)."""
-        return 2 + int(self.registered_memory_request)
+        """Cycles from an accepted read to its data: the memory's own (`chip_memory_latency`),
+        a cycle more with `registered_memory_request`."""
+        return chip_memory_latency(self.mem_banks) + int(self.registered_memory_request)
 
     @property
     def mem_bytes(self) -> int:
         return self.mem_words * self.array.port_bytes
+
+
+def chip_memory_latency(banks: int) -> int:
+    """Cycles from a read of the chip memory (`rtl.chip.ChipMemory`) to its data: the memory
+    registers the address, and its data is registered again before anything uses it (on the
+    ECP5 in the block RAMs' output registers: their 5.8 ns clock-to-out without them and the
+    route across the die from them were the chip's critical path); with more than one bank the
+    pick of the bank is registered as well."""
+    return 2 + int(banks > 1)
 
 
 CHIPS = {

@@ -170,12 +170,12 @@ def test_ulx3s_chip_registers_run_bit_exact(tmp_path_factory):
     # The ULX3S chip's registers between the link and the program memory
     # (`ChipParams.registered_program_write`) and in front of the memory
     # (`registered_memory_request`: reads take a cycle more), and its memory in banks, each
-    # with its own second register (`mem_banks`), on the small chip: the same frames and
-    # runs. Banks of 1,024 words, so that the artifact, its activations and the guard word lie
-    # in several.
+    # with its own second register and the pick registered (`mem_banks`: a cycle more), on
+    # the small chip: the same frames and runs. Banks of 1,024 words, so that the artifact,
+    # its activations and the guard word lie in several.
     chip = dataclasses.replace(CHIP, name=f"{CHIP.name}-regs", registered_program_write=True,
                                registered_memory_request=True, mem_banks=CHIP.mem_words // 1024)
-    assert chip.mem_read_latency == CHIP.mem_read_latency + 1
+    assert chip.mem_read_latency == CHIP.mem_read_latency + 2
     run = _board_run(chip, tmp_path_factory)
     for r in run["projections"] + [run["after"]]:
         assert r["exact"], r
