@@ -388,8 +388,9 @@ CHIPS = {
     # reset, a three-stage zero count and the held lanes' clock enables and clears straight
     # from flip-flops, its paths reach 77.7-81.8 MHz over the placements measured
     # (docs/results.md), so the PLL makes 75 MHz from the 25 MHz oscillator. 150 MHz
-    # (6.7 ns) is below a block RAM's 5.8 ns clock-to-out plus a route: it needs the
-    # DP16KD's own output register, which Yosys does not infer.
+    # (6.7 ns) is below a block RAM's 5.8 ns clock-to-out plus a route: the flow folds the
+    # register behind a block RAM into its output register (`rtl.bramfold`; the memory's
+    # banks each have one: `mem_banks`), and the paths left past 6.7 ns are logic.
     "ulx3s": ChipParams(name="ulx3s", array=SCALE_POINTS["ecp5"], mem_words=4096,
                         clk_hz=75_000_000, baud=1_000_000, registered_program_write=True,
                         registered_memory_request=True, mem_banks=2),
