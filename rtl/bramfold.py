@@ -34,10 +34,11 @@ import collections
 import json
 from pathlib import Path
 
-__all__ = ["fold", "fold_file"]
+__all__ = ["fold", "fold_file", "top_module"]
 
-#: Yosys writes a string parameter that looks like a binary number with a trailing space.
+
 def _param(cell: dict, name: str, default: str) -> str:
+    # Yosys writes a string parameter that looks like a binary number with a trailing space.
     return str(cell["parameters"].get(name, default)).strip()
 
 
@@ -60,15 +61,19 @@ def _memory(cell_name: str) -> str:
         p.isdigit() for p in parts[-2:]) else cell_name
 
 
+def top_module(netlist: dict) -> dict:
+    """The top module of a Yosys JSON netlist (its `top` attribute is a 32-bit binary 1)."""
+    return next(m for m in netlist["modules"].values()
+                if "1" in str(m.get("attributes", {}).get("top", "0")))
+
+
 def fold(netlist: dict) -> dict:
     """Fold, in place, every DP16KD read side of the top module that qualifies (see the module
     docstring). Returns {"block_rams", "folded", "flip_flops": counts, "by_memory": {memory:
     {"block_rams", "folded", "why_not": the first reason one of its block RAMs was not
     folded, or None}}}. A memory is named by its block RAMs' common name (Yosys names them
     `<memory>.<row>.<column>`)."""
-    # Yosys writes the `top` attribute as a 32-bit binary number.
-    top = next(m for m in netlist["modules"].values()
-               if "1" in str(m.get("attributes", {}).get("top", "0")))
+    top = top_module(netlist)
     cells = top["cells"]
     sinks = collections.defaultdict(list)
     for name, c in cells.items():
@@ -102,7 +107,7 @@ def fold(netlist: dict) -> dict:
             used = [(port, b) for port, b in outs if not isinstance(b, str) and sinks.get(b)]
             if not used:
                 continue
-            clocks = {json.dumps(conn.get(f"CLK{p}")) for p in side}
+            clocks = {tuple(conn.get(f"CLK{p}", ())) for p in side}
             if len(clocks) != 1 or any(_param(c, f"CLK{p}MUX", f"CLK{p}") != f"CLK{p}"
                                        for p in side):
                 why = "port clocks differ or are inverted"
@@ -123,7 +128,7 @@ def fold(netlist: dict) -> dict:
                     break
                 ff = cells[loads[0][0]]
                 fc = ff["connections"]
-                if json.dumps(fc.get("CLK")) != clock or _param(ff, "CLKMUX", "CLK") != "CLK":
+                if tuple(fc.get("CLK", ())) != clock or _param(ff, "CLKMUX", "CLK") != "CLK":
                     why = "flip-flop on another clock"
                     break
                 if fc.get("LSR", ["0"]) != ["0"] or _param(ff, "LSRMUX", "LSR") != "LSR":
@@ -134,9 +139,9 @@ def fold(netlist: dict) -> dict:
                     break
                 cemux = _param(ff, "CEMUX", "CE")
                 if cemux == "1":
-                    enables.add(json.dumps(["1"]))
+                    enables.add(("1",))
                 elif cemux == "CE":
-                    enables.add(json.dumps(fc.get("CE", ["1"])))
+                    enables.add(tuple(fc.get("CE", ["1"])))
                 else:
                     why = "flip-flop with an inverted or constant-off enable"
                     break
@@ -145,7 +150,7 @@ def fold(netlist: dict) -> dict:
                 why = "flip-flops with different enables"
             if why is not None:
                 break
-            plans.append((side, ffs, json.loads(enables.pop())))
+            plans.append((side, ffs, list(enables.pop())))
         if not plans and why is None:
             why = "no output used"
         if why is not None:

@@ -42,8 +42,8 @@ def uses_spram(platform, words: int, width: int) -> bool:
 
 
 class ChipMemory(wiring.Component):
-    """Single-port memory of `words` x `width` bits; a read's data appears `latency` cycles
-    later (`rtl.params.chip_memory_latency(banks)`).
+    """Single-port memory of `words` x `width` bits; a read's data appears
+    `rtl.params.chip_memory_latency(banks)` cycles later (the latency, below).
 
     On an iCE40 UP platform it is built from SPRAMs, whose data is registered after the bank
     select. Elsewhere it is `banks` Amaranth `Memory`s (block RAM, or simulation), each read
@@ -51,9 +51,9 @@ class ChipMemory(wiring.Component):
     register is the block RAM's output register (`rtl.bramfold`), and the 5.8 ns a DP16KD
     takes without it no longer lies in front of the bank select. The pick of more than one
     bank is registered again. Both behave identically cycle for cycle: `rdata` is the word at
-    the address of a read (`en` without `we`) `latency` cycles after it, and undefined
-    `latency` cycles after a cycle without one. A write (`en` and `we`)
-    stores `wdata`. Contents after power-up are undefined on SPRAM (zero in simulation).
+    the address of a read (`en` without `we`) the latency after it, and undefined the latency
+    after a cycle without one. A write (`en` and `we`) stores `wdata`. Contents after power-up
+    are undefined on SPRAM (zero in simulation).
 
     Members
     -------
@@ -101,10 +101,11 @@ class ChipMemory(wiring.Component):
             depth = self.words // self.banks
             abits = (depth - 1).bit_length()
             bank = self.addr[abits:]
-            # The bank of a read, beside its word: at the block RAM's output, then in the
-            # second register.
-            bank_r = [Signal.like(bank, name=f"bank_r{i}") for i in range(2)]
-            m.d.sync += [bank_r[0].eq(bank), bank_r[1].eq(bank_r[0])]
+            if self.banks > 1:
+                # The bank of a read, beside its word: at the block RAM's output, then in the
+                # second register.
+                bank_r = [Signal.like(bank, name=f"bank_r{i}") for i in range(2)]
+                m.d.sync += [bank_r[0].eq(bank), bank_r[1].eq(bank_r[0])]
             outs = []
             for b in range(self.banks):
                 mem = Memory(shape=self.width, depth=depth, init=[])

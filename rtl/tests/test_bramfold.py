@@ -63,13 +63,8 @@ def synthesize(tmp_path, design) -> tuple:
     return json.loads(path.read_text()), tmp_path / "stat.json", path
 
 
-def top_module(netlist) -> dict:
-    return next(m for m in netlist["modules"].values()
-                if "1" in str(m.get("attributes", {}).get("top", "0")))
-
-
 def top_cells(netlist) -> dict:
-    return top_module(netlist)["cells"]
+    return bramfold.top_module(netlist)["cells"]
 
 
 def brams(netlist) -> list:
@@ -86,7 +81,7 @@ def read_flip_flops(netlist) -> dict:
 
 
 def port_bits(netlist, name) -> list:
-    return top_module(netlist)["ports"][name]["bits"]
+    return bramfold.top_module(netlist)["ports"][name]["bits"]
 
 
 @pytest.mark.parametrize("width, depth, sides", [(36, 512, "AB"), (18, 1024, "B")],

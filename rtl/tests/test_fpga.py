@@ -347,6 +347,14 @@ def test_results_section_replaces_only_its_own(tmp_path):
     assert "| 200.0 |" in text and "| abc1234 |" in text     # LUT4 per lane, commit
 
 
+def test_results_row_counts_the_block_rams_with_their_output_register():
+    fold = {"block_rams": 125, "folded": 91, "flip_flops": 1196, "by_memory": {}}
+    row = fpga._row(board_report("ulx3s", lanes=320, bram_fold=fold))
+    bram = row.split("|")[fpga.HEADER.split("|").index(" block RAM ")]
+    assert bram.strip().endswith(", 91 with OUTREG"), bram
+    assert "OUTREG" not in fpga._row(board_report())
+
+
 def test_results_keep_other_boards_rows():
     """Building one board replaces its row and keeps the others' (with their commits); rows
     of an older table layout are dropped rather than mixed in."""

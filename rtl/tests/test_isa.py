@@ -18,7 +18,7 @@ from rtl.isa import (
     instr_layout,
     markdown,
 )
-from rtl.params import scale_point
+from rtl.params import CHIPS, scale_point
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "isa.md"
 
@@ -118,3 +118,15 @@ def test_scale_point_refuses_combinations(changes, why):
     in one line that names the scale point."""
     with pytest.raises(ValueError, match=f"'tiny': {why}"):
         dataclasses.replace(scale_point("tiny"), **changes)
+
+
+@pytest.mark.parametrize("changes, why", [
+    (dict(mem_banks=3), "mem_banks must be a power of 2 below mem_words"),
+    (dict(mem_banks=4096), "mem_banks must be a power of 2 below mem_words"),
+    (dict(mem_words=3000), "mem_words must be a power of 2"),
+    (dict(link_timeout_bits=8), "link_timeout_bits must be >= 32"),
+])
+def test_chip_refuses_bad_parameters(changes, why):
+    """A chip's bad parameter is refused in one line that names the chip."""
+    with pytest.raises(ValueError, match=f"'ulx3s': {why}"):
+        dataclasses.replace(CHIPS["ulx3s"], **changes)
