@@ -54,9 +54,12 @@ class ComputeUnit(wiring.Component):
     writes in the same cycle.
 
     Domains: held lanes (`ArrayParams.acc_in_lanes`), their step flags and their clear copies
-    are in `lanes`, the rest in `sync`. The accelerator freezes `sync` while it is not running,
-    and resets `lanes` instead (`rtl.top`): the flags are zero and the lanes keep their sums,
-    while each accumulator's clock enable and reset come straight from a flip-flop. (An error
+    are in `lanes`; the words read, the row mask, the activations and signs registered for the
+    lanes and the zero rows are in `data`, the rest in `sync`. The accelerator freezes `sync`
+    while it is not running, resets `lanes` instead (`rtl.top`): the flags are zero and the
+    lanes keep their sums, while each accumulator's clock enable and reset come straight from
+    a flip-flop; and neither freezes nor resets `data`, which counts only through a flag of
+    `sync` or `lanes` (the freeze's enable then does not reach those wide registers). (An error
     that stops a MATMUL between stages lets the lanes finish the step in flight; the sums of
     a stopped MATMUL are unspecified either way.)
 
@@ -327,20 +330,26 @@ class ComputeUnit(wiring.Component):
                 m.d.comb += [self.take.eq(1), self.pop_prev.eq(head.pop_prev),
                              self.pop_next.eq(head.pop_next)]
                 m.d.sync += [
-                    running.eq(1), pc.eq(self.head_pc), wbuf.eq(head.wbuf), grow.eq(head.abuf),
-                    acc.eq(head.acc), k_pen.eq((steps - 2)[:len(k_pen)]),
-                    x_stride.eq(head.x_stride),
-                    nm.eq(head.nm if p.nm else 0), slot.eq(0),
-                    tokens_left.eq(head.tokens), n_rows.eq(head.n_rows),
-                    accumulate.eq(head.accumulate), push_prev.eq(head.push_prev),
-                    push_next.eq(head.push_next), k.eq(0), g.eq(0), bytepos.eq(0),
+                    running.eq(1), grow.eq(head.abuf), slot.eq(0),
+                    tokens_left.eq(head.tokens), k.eq(0), g.eq(0), bytepos.eq(0),
                     next_grow.eq((head.abuf + head.x_stride)[:len(grow)]),
-                    last_start.eq(head_last_start), first_k.eq(1), last_k.eq(steps == 1),
-                    one_step.eq(steps == 1),
+                    first_k.eq(1), last_k.eq(steps == 1),
                     last_tokens.eq(head.tokens <= p.token_lanes), last_slot.eq(head.nm == 1),
                     refuse.eq(head_refuse0),
-                    row_mask.eq(row_mask_of),
                 ]
+        # The fields a MATMUL keeps while it runs are `data`, taken from the head in every cycle
+        # the unit could take one (idle, or its last read), whether it does or not: their clock
+        # enable is then `running` and `finishing`, not the issue decision, which reached some
+        # 150 flip-flops. Only a take makes them count.
+        with m.If(~running | finishing):
+            m.d.data += [
+                pc.eq(self.head_pc), wbuf.eq(head.wbuf), acc.eq(head.acc),
+                k_pen.eq((steps - 2)[:len(k_pen)]), x_stride.eq(head.x_stride),
+                nm.eq(head.nm if p.nm else 0), n_rows.eq(head.n_rows),
+                accumulate.eq(head.accumulate), push_prev.eq(head.push_prev),
+                push_next.eq(head.push_next), last_start.eq(head_last_start),
+                one_step.eq(steps == 1), row_mask.eq(row_mask_of),
+            ]
 
         # The rest of the read's flags: the MATMUL's, as its stages see them.
         rd_pc = Signal(PC_BITS)
@@ -349,33 +358,37 @@ class ComputeUnit(wiring.Component):
         rd_mask = Signal(p.row_lanes)
         rd_nrows = Signal.like(n_rows)
         m.d.sync += [rd_pc.eq(pc), rd_acc.eq(accumulate), rd_push.eq(Cat(push_prev, push_next)),
-                     rd_mask.eq(row_mask), rd_nrows.eq(n_rows)]
+                     rd_nrows.eq(n_rows)]
+        # The row mask and the words read are `data`: they count only with a stage's flag.
+        m.d.data += rd_mask.eq(row_mask)
         flags = dict(v=rd, first=rd_first, last=rd_last, final=rd_final, g=rd_g, off=rd_off,
                      tok=rd_tok, nm=rd_nm, slot=rd_slot, pc=rd_pc, acc=rd_acc, push=rd_push,
-                     mask=rd_mask, nrows=rd_nrows)
+                     nrows=rd_nrows)
         clear_1 = clear         # the clear as its copies take it, a cycle ahead of stage 2
         if p.registered_operands:
             # The words read are registered as they leave their block RAMs, and the read's
             # flags (and the clear, a cycle ahead of them) wait a cycle with them.
             w_data = Signal.like(self.w_data, name="w_word", reset_less=True)
             a_data = Signal.like(self.a_data, name="a_word", reset_less=True)
-            m.d.sync += [w_data.eq(self.w_data), a_data.eq(self.a_data)]
+            m.d.data += [w_data.eq(self.w_data), a_data.eq(self.a_data)]
             flags = dict(zip(flags, registered(m, "s1_", **flags)))
+            s1_mask, = registered(m, "s1_", domain="data", mask=rd_mask)
             clear_1, = registered(m, "rd_", clear=clear)
         else:
             w_data, a_data = self.w_data, self.a_data
+            s1_mask = rd_mask
 
         # -- stage 1: each lane's operands, registered between the buffers and the lanes ---------
         s1, s1_first, s1_last, s1_final, s1_g, s1_off, s1_tok, s1_nm, s1_slot = (
             flags[n] for n in ("v", "first", "last", "final", "g", "off", "tok", "nm", "slot"))
-        s1_pc, s1_acc, s1_push, s1_mask, s1_nrows = (
-            flags[n] for n in ("pc", "acc", "push", "mask", "nrows"))
+        s1_pc, s1_acc, s1_push, s1_nrows = (flags[n] for n in ("pc", "acc", "push", "nrows"))
         # The partial sums to accumulate onto are read here and arrive with stage 2.
         m.d.comb += self.c_raddr.eq(s1_g)
         act = Signal(p.port_bits)
         m.d.comb += act.eq(a_data >> Cat(Const(0, 3), s1_off))
         # Stage 2's registers: the step's flags, the activations (the token lanes' bytes of the
         # column, or of the group of 8 columns with N:M), each row's weight and slot position.
+        # The activations, signs and slots are `data`: a step's flags make them count.
         s2 = Signal()
         s2_first, s2_last, s2_final, s2_acc = (Signal(name=f"s2_{n}")
                                                for n in ("first", "last", "final", "acc"))
@@ -385,14 +398,15 @@ class ComputeUnit(wiring.Component):
         s2_tok = Signal(p.token_lanes)
         x_bytes = (NM_M if p.nm else 1) * p.token_lanes
         s2_x = Signal(8 * x_bytes)
+        m.d.data += s2_x.eq(act[:len(s2_x)])
         s2_neg = Signal(p.row_lanes)
         w_nz = [w_data[lb * r] & s1_mask[r] for r in range(p.row_lanes)]
         m.d.sync += [
             s2.eq(s1), s2_first.eq(s1_first), s2_last.eq(s1_last), s2_final.eq(s1 & s1_final),
             s2_acc.eq(s1_acc), s2_g.eq(s1_g), s2_pc.eq(s1_pc),
-            s2_push.eq(s1_push), s2_tok.eq(s1_tok), s2_x.eq(act[:len(s2_x)]),
-            s2_neg.eq(Cat(*[w_data[lb * r + 1] for r in range(p.row_lanes)])),
+            s2_push.eq(s1_push), s2_tok.eq(s1_tok),
         ]
+        m.d.data += s2_neg.eq(Cat(*[w_data[lb * r + 1] for r in range(p.row_lanes)]))
         if not p.acc_in_lanes:
             s2_nz = Signal(p.row_lanes)
             m.d.sync += s2_nz.eq(Cat(*w_nz))
@@ -416,7 +430,7 @@ class ComputeUnit(wiring.Component):
             if p.nm:
                 d = w_data[lb * r + 2:lb * (r + 1)]
                 pos_r = Signal.like(d, name=f"pos_{r}")
-                m.d.sync += pos_r.eq(Mux(s1_nm, s1_slot + d, 0))
+                m.d.data += pos_r.eq(Mux(s1_nm, s1_slot + d, 0))
                 pos.append(pos_r)
 
         # -- stage 2: the lanes ----------------------------------------------------------------
@@ -454,7 +468,7 @@ class ComputeUnit(wiring.Component):
         m.d.comb += zero_vec.eq(Cat(*zero_bits))
         # The zero bits are registered as they leave the weight buffer; the accelerator counts
         # the register (stage 1's tokens are stage 2's now).
-        m.d.sync += self.zero_rows.eq(Mux(s1, zero_vec, 0))
+        m.d.data += self.zero_rows.eq(Mux(s1, zero_vec, 0))
         m.d.comb += self.zero_tokens.eq(s2_tok)
         with m.If(s1):
             m.d.comb += self.busy_lanes.eq(sum(Mux(s1_tok[j], s1_nrows, 0)

@@ -59,10 +59,16 @@ class WeightDecoder(wiring.Component):
     invalid : Out(1)
         The word holds a byte >= 243 (base 3), a code 0b11 (2-bit) or 0b1111 (N:M), or the
         encoding is not enabled at this scale point.
+
+    Parameters
+    ----------
+    domain : the clock domain of the registered tables and invalid flag (with
+        `ArrayParams.registered_decode`).
     """
 
-    def __init__(self, params: ArrayParams):
+    def __init__(self, params: ArrayParams, domain: str = "sync"):
         self.params = params
+        self.domain = domain
         members = {"next_word": In(params.port_bits)} if params.registered_decode else {}
         super().__init__({
             **members,
@@ -96,7 +102,7 @@ class WeightDecoder(wiring.Component):
                 rom = Memory(shape=2 * n, depth=256, init=base3_rows())
                 m.submodules[f"base3_{j}"] = rom
                 if p.registered_decode:
-                    port, row = read_port(m, rom)
+                    port, row = read_port(m, rom, domain=self.domain)
                     m.d.comb += port.addr.eq(self.next_word[8 * j:8 * j + 8])
                 else:
                     port = rom.read_port(domain="comb")
@@ -110,7 +116,7 @@ class WeightDecoder(wiring.Component):
             if not p.registered_decode:
                 return Cat(*bad_of(self.word)).any()
             bad = Signal()
-            m.d.sync += bad.eq(Cat(*bad_of(self.next_word)).any())
+            m.d[self.domain] += bad.eq(Cat(*bad_of(self.next_word)).any())
             return bad
 
         def base3_bad(word):

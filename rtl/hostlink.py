@@ -238,6 +238,27 @@ class HostLink(wiring.Component):
                      self.imem_addr.eq(addr), self.imem_data.eq(shreg[width - INSTR_BITS:]),
                      buf_r.addr.eq(ptr), buf_w.data.eq(byte)]
 
+        # The assembly register changes in three states, each left after one cycle; a flag
+        # beside the FSM, set on the way in, says which, so that its clock enable (a few
+        # hundred flip-flops) comes from flip-flops rather than from a decoding of the state.
+        fetched = f"FETCH_WAIT_{self.read_latency}"
+        shift_in, load_word, shift_out = Signal(), Signal(), Signal()
+        flags = {"COMMIT_SHIFT": shift_in, fetched: load_word, "TX_PREP": shift_out}
+        m.d.sync += [f.eq(0) for f in flags.values()]
+
+        def goto(state):
+            m.next = state
+            if state in flags:
+                m.d.sync += flags[state].eq(1)
+
+        with m.If(shift_in):
+            m.d.sync += shreg.eq(Cat(shreg[8:], buf_rdata))
+        with m.Elif(load_word):
+            m.d.sync += shreg[width - a.port_bits:].eq(self.mem_rdata)
+        with m.Elif(shift_out):
+            # The byte leaving for `out_q` in TX_PREP (a READ_MEM reply's lowest) is dropped.
+            m.d.sync += shreg.eq(Cat(shreg[8:], Const(0, 8)))
+
         with m.FSM():
             with m.State("IDLE"), m.If(got & ~bad_byte & (byte == SYNC)):
                 m.d.sync += [crc.eq(CRC_INIT), err.eq(LinkError.NONE), code.eq(0),
@@ -326,9 +347,9 @@ class HostLink(wiring.Component):
 
             # Buffer -> assembly register -> memory or program memory.
             with m.State("COMMIT_READ"):
-                m.next = "COMMIT_SHIFT"   # buf_rdata is buffer[ptr] in the next cycle
+                goto("COMMIT_SHIFT")      # buf_rdata is buffer[ptr] in the next cycle
             with m.State("COMMIT_SHIFT"):
-                m.d.sync += [shreg.eq(Cat(shreg[8:], buf_rdata)), ptr.eq(ptr + 1)]
+                m.d.sync += ptr.eq(ptr + 1)
                 with m.If(unit_end):
                     m.next = "COMMIT_WRITE"
                 with m.Else():
@@ -363,17 +384,16 @@ class HostLink(wiring.Component):
                 with m.Elif(rcode == Reply.READ_MEM):
                     m.next = "FETCH"
                 with m.Else():
-                    m.next = "TX_PREP"
+                    goto("TX_PREP")
             with m.State("FETCH"):
                 m.d.comb += self.mem_re.eq(1)
                 m.d.sync += addr.eq(addr + 1)
-                m.next = "FETCH_WAIT_1"
+                goto("FETCH_WAIT_1")
             for i in range(1, self.read_latency):
                 with m.State(f"FETCH_WAIT_{i}"):
-                    m.next = f"FETCH_WAIT_{i + 1}"
-            with m.State(f"FETCH_WAIT_{self.read_latency}"):
-                m.d.sync += shreg[width - a.port_bits:].eq(self.mem_rdata)
-                m.next = "TX_PREP"
+                    goto(f"FETCH_WAIT_{i + 1}")
+            with m.State(fetched):     # the word is loaded into `shreg` (`load_word`)
+                goto("TX_PREP")
             # The byte to send is chosen into a register, then sent: the status and identity
             # tables are not in front of the CRC.
             out = Signal(8)
@@ -395,13 +415,13 @@ class HostLink(wiring.Component):
                     with m.Default():
                         m.d.comb += out.eq(Mux(count[0], code, err))
             with m.State("TX_DATA"), m.If(send_crc(out_q)):
-                m.d.sync += [count.eq(count + 1), shreg.eq(Cat(shreg[8:], Const(0, 8)))]
+                m.d.sync += count.eq(count + 1)
                 with m.If(count == rlast):
                     m.next = "TX_CRC0"
                 with m.Elif((rcode == Reply.READ_MEM) & (count[:_log2(P)] == P - 1)):
                     m.next = "FETCH"
                 with m.Else():
-                    m.next = "TX_PREP"
+                    goto("TX_PREP")
             with m.State("TX_CRC0"), m.If(send(crc[8:])):
                 m.next = "TX_CRC1"
             with m.State("TX_CRC1"), m.If(send(crc[:8])):

@@ -45,6 +45,10 @@ class LoadUnit(wiring.Component):
     at s+1 .. s+N, and the unit can take the next LOAD at s+N, the cycle of the last request.
     The LOAD retires (and pushes its token) in the cycle its last response is written.
 
+    Domains: `sync`, and with `ArrayParams.registered_decode` also `data`, for the registered
+    word and the decoder's tables, whose use `sync`'s flags decide (`rtl.top` clocks it like
+    `sync` but neither freezes nor resets it; alone, rename it to `sync`).
+
     Members
     -------
     head_valid, head_pc, head_instr : In
@@ -285,12 +289,15 @@ class LoadUnit(wiring.Component):
         # -- response side ---------------------------------------------------------------------
         # With a registered decoder the response side works on the response of the previous
         # cycle, while the decoder's tables look up the one arriving now.
-        m.submodules.decoder = decoder = WeightDecoder(p)
+        # The word and its table lookups are `data` (`rtl.top`): only `resp_valid` makes them
+        # count, so the accelerator's enable does not reach them.
+        m.submodules.decoder = decoder = WeightDecoder(p, domain="data")
         m.d.comb += self.rd_resp.ready.eq(1)
         if p.registered_decode:
             resp_valid = Signal()
-            resp = Signal(p.port_bits)
-            m.d.sync += [resp_valid.eq(self.rd_resp.valid), resp.eq(self.rd_resp.payload)]
+            resp = Signal(p.port_bits, reset_less=True)
+            m.d.sync += resp_valid.eq(self.rd_resp.valid)
+            m.d.data += resp.eq(self.rd_resp.payload)
             m.d.comb += decoder.next_word.eq(self.rd_resp.payload)
         else:
             resp_valid, resp = self.rd_resp.valid, self.rd_resp.payload

@@ -100,8 +100,8 @@ class ArrayParams:
     fanout_rows : COMPUTE registers the held lanes' clear (`acc_in_lanes`), which reaches
         every accumulator flip-flop, in one copy per `fanout_rows` rows; 0 for a single copy.
         No cycle changes. It costs the copies' flip-flops (the FPGA flow keeps them apart:
-        `rtl.memport.copies`). (The activations are not copied: their byte select lies
-        between the block RAM and the register, and copies far apart lengthen that path.)
+        `rtl.memport.copies`). (Copies of the activations, measured on the ULX3S, made no
+        lane faster: the route from the byte select to the copies got longer instead.)
     mem : timing of the external memory port.
     """
 

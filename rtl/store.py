@@ -6,6 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from .isa import INSTR_BITS, PC_BITS, ErrorCode, Opcode, instr_layout
 from .load import ADDR_BITS
+from .memport import COPY_ATTR
 from .params import OUT_BYTES, ArrayParams
 
 __all__ = ["StoreUnit", "write_layout"]
@@ -107,20 +108,30 @@ class StoreUnit(wiring.Component):
         head_bad = self.head_bad if self.predecoded else head_err != ErrorCode.NONE
         m.d.comb += self.c_raddr.eq(acc_g)
         finishing = Signal()
-        # The result words of every token lane, each the int32 images of port_bytes/4 rows.
+        # The word written: int32 i of it is row w * port_bytes/4 + i of token lane `lane`. Each
+        # int32 picks its row by a copy of `word` and `lane` of its own (`COPY_ATTR`): the
+        # pick's first muxes reach some 3,700 inputs on the ULX3S, too many for one register.
         per_word = p.port_bytes // OUT_BYTES
-        table = []
-        for j in range(p.token_lanes):
-            row = []
-            for w in range(p.out_words_per_token):
-                parts = []
-                for i in range(per_word):
-                    idx = j * p.row_lanes + w * per_word + i
-                    v = self.c_rdata[idx * p.acc_bits:(idx + 1) * p.acc_bits]
-                    parts.append(Cat(v, v[-1].replicate(8 * OUT_BYTES - p.acc_bits)))
-                row.append(Cat(*parts))
-            table.append(select(row, word))
-        out_word = select(table, lane)
+        sel = [(Signal.like(word, name=f"word_{i}", attrs={COPY_ATTR: 1}),
+                Signal.like(lane, name=f"lane_{i}", attrs={COPY_ATTR: 1}))
+               for i in range(per_word)]
+
+        def set_word(v):
+            m.d.sync += [word.eq(v), *(w.eq(v) for w, _ in sel)]
+
+        def set_lane(v):
+            m.d.sync += [lane.eq(v), *(t.eq(v) for _, t in sel)]
+
+        parts = []
+        for i, (word_i, lane_i) in enumerate(sel):
+            table = []
+            for j in range(p.token_lanes):
+                idx = [j * p.row_lanes + w * per_word + i for w in range(p.out_words_per_token)]
+                table.append(select([self.c_rdata[x * p.acc_bits:(x + 1) * p.acc_bits]
+                                     for x in idx], word_i))
+            v = select(table, lane_i)
+            parts.append(Cat(v, v[-1].replicate(8 * OUT_BYTES - p.acc_bits)))
+        out_word = Cat(*parts)
 
         with m.If(running):
             m.d.comb += [self.wr_req.valid.eq(1), self.wr_req.payload.addr.eq(addr + word),
@@ -128,8 +139,9 @@ class StoreUnit(wiring.Component):
             with m.If(~self.wr_req.ready):
                 m.d.comb += self.stall_port.eq(1)
             with m.Elif(last_word):
-                m.d.sync += [word.eq(0), last_word.eq(one_word), addr.eq(addr + stride),
+                m.d.sync += [last_word.eq(one_word), addr.eq(addr + stride),
                              tokens_left.eq(tokens_left - 1), last_token.eq(tokens_left == 2)]
+                set_word(0)
                 with m.If(last_token):
                     m.d.sync += running.eq(0)
                     m.d.comb += finishing.eq(1)
@@ -137,12 +149,14 @@ class StoreUnit(wiring.Component):
                                  self.push_prev.eq(push_prev)]
                 with m.Elif(lane == p.token_lanes - 1):
                     # Read the next group now so its data is there for the next word.
-                    m.d.sync += [lane.eq(0), acc_g.eq(acc_g + 1)]
+                    m.d.sync += acc_g.eq(acc_g + 1)
+                    set_lane(0)
                     m.d.comb += self.c_raddr.eq(acc_g + 1)
                 with m.Else():
-                    m.d.sync += lane.eq(lane + 1)
+                    set_lane(lane + 1)
             with m.Else():
-                m.d.sync += [word.eq(word + 1), last_word.eq(word == words_m2)]
+                m.d.sync += last_word.eq(word == words_m2)
+                set_word(word + 1)
         # The next STORE may issue in the cycle of this one's last write: no bubble.
         # (Written after the write logic so its register updates and read address win.)
         with m.If((~running | finishing) & self.head_valid):
@@ -158,10 +172,12 @@ class StoreUnit(wiring.Component):
                     running.eq(1), pc.eq(self.head_pc), acc_g.eq(head.acc),
                     tokens_left.eq(head.tokens), words_m2.eq((head.words - 2)[:len(words_m2)]),
                     addr.eq(head.dram),
-                    stride.eq(head.stride), word.eq(0), lane.eq(0),
+                    stride.eq(head.stride),
                     push_prev.eq(head.push_prev), one_word.eq(head.words == 1),
                     last_word.eq(head.words == 1), last_token.eq(head.tokens == 1),
                 ]
+                set_word(0)
+                set_lane(0)
 
         m.d.comb += self.active.eq(running)
         return m

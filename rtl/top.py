@@ -123,8 +123,12 @@ class Accelerator(wiring.Component):
             # must include the start cycle itself, or it would mask the reset. COMPUTE's held
             # lanes and their flags (its `lanes` domain) are not frozen but their flags are
             # held at zero while not running: their clock enables and resets then come
-            # straight from their own flip-flops.
-            m.submodules[name] = DomainRenamer({"sync": "units", "lanes": "units"})(
+            # straight from their own flip-flops. A unit's `data` domain is neither frozen nor
+            # reset: wide registers that take a word every cycle, which only a flag of `sync`
+            # or `lanes` makes count, so the enable (over a thousand flip-flops on the ULX3S)
+            # does not reach them. While running the two domains step alike.
+            m.submodules[name] = DomainRenamer({"sync": "units", "lanes": "units",
+                                                "data": "units"})(
                 ResetInserter({"lanes": ~run})(
                     EnableInserter({"sync": run | begin})(ResetInserter({"sync": begin})(
                         component))))
@@ -377,10 +381,15 @@ class Accelerator(wiring.Component):
         ran3 = Signal()         # ... and the one before that
         m.d.sync += [ran.eq(run), ran2.eq(ran & ~begin), ran3.eq(ran2 & ~begin)]
         counted = {Counter.SKIPPED_ZERO: ran3 & ~begin}
+        # The counters clear in the cycle after the start, from a flip-flop (`begin` is logic,
+        # and its route to every counter bit was long): the increment they add then is the
+        # start cycle's, which is never counted.
+        begun = Signal()
+        m.d.sync += begun.eq(begin)
         for c, inc in increments.items():
             inc_q = Signal(Value.cast(inc).shape(), name=f"inc_{c.name.lower()}")
             m.d.sync += inc_q.eq(Mux(counted.get(c, run), inc, 0))
-            with m.If(begin):
+            with m.If(begun):
                 m.d.sync += self.counters[c].eq(0)
             with m.Else():
                 m.d.sync += self.counters[c].eq(self.counters[c] + inc_q)
