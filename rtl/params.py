@@ -392,7 +392,7 @@ CHIPS = {
     # register behind a block RAM into its output register (`rtl.bramfold`; the memory's
     # banks each have one: `mem_banks`), and the paths left past 6.7 ns are logic.
     "ulx3s": ChipParams(name="ulx3s", array=SCALE_POINTS["ecp5"], mem_words=4096,
-                        clk_hz=75_000_000, baud=1_000_000, registered_program_write=True,
+                        clk_hz=80_000_000, baud=1_000_000, registered_program_write=True,
                         registered_memory_request=True, mem_banks=2),
 }
 
