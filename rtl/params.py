@@ -385,9 +385,10 @@ CHIPS = {
     # takes 30% of the logic; with the block RAM outputs registered before the decoder, the
     # issue decisions (the program read ahead: `prefetch`) and COMPUTE's operand select
     # (`registered_operands`), every buffer and memory write from a register, a registered
-    # reset, a three-stage zero count and the held lanes' clock enables and clears straight
-    # from flip-flops, its paths reach 77.7-81.8 MHz over the placements measured
-    # (docs/results.md), so the PLL makes 75 MHz from the 25 MHz oscillator. 150 MHz
+    # reset, a three-stage zero count, the held lanes' clock enables and clears straight
+    # from flip-flops and the wide registers off the freeze's enable (the units' `data`
+    # domain), its paths reach 89-93 MHz over the placements measured (docs/results.md), so
+    # the PLL makes 80 MHz from the 25 MHz oscillator (x 16 / 5). 150 MHz
     # (6.7 ns) is below a block RAM's 5.8 ns clock-to-out plus a route: the flow folds the
     # register behind a block RAM into its output register (`rtl.bramfold`; the memory's
     # banks each have one: `mem_banks`), and the paths left past 6.7 ns are logic.
