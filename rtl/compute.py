@@ -55,7 +55,8 @@ class ComputeUnit(wiring.Component):
 
     Domains: held lanes (`ArrayParams.acc_in_lanes`), their step flags and their clear copies
     are in `lanes`; the words read, the row mask, the activations and signs registered for the
-    lanes and the zero rows are in `data`, the rest in `sync`. The accelerator freezes `sync`
+    lanes, the zero rows and the fields a MATMUL keeps while it runs are in `data`, the rest
+    in `sync`. The accelerator freezes `sync`
     while it is not running, resets `lanes` instead (`rtl.top`): the flags are zero and the
     lanes keep their sums, while each accumulator's clock enable and reset come straight from
     a flip-flop; and neither freezes nor resets `data`, which counts only through a flag of
