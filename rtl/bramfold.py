@@ -23,11 +23,13 @@ flip-flops are removed, their outputs are driven by the block RAM, and the side'
 becomes OUTREG with its OCE. So every bit that left a flip-flop leaves the same register, one
 cycle after the read as before. Anything else is left as Yosys built it, and counted.
 
-Yosys's `cells_sim_ecp5.v` has no behavioural DP16KD, so the folded netlist cannot be simulated
-here: the fold rests on the primitive's documented semantics (Lattice TN1264, the ECP5 memory
-usage guide: OUTREG adds a pipeline register, clocked by the port's clock and enabled by OCE,
-cleared by its RST) and on the conditions above, which `rtl/tests/test_bramfold.py` exercises
-on netlists Yosys synthesizes.
+The fold rests on the primitive's documented semantics (Lattice TN1264, the ECP5 memory usage
+guide: OUTREG adds a pipeline register, clocked by the port's clock and enabled by OCE, cleared
+by its RST) and on the conditions above, which `rtl/tests/test_bramfold.py` exercises on
+netlists Yosys synthesizes. Yosys's `cells_sim_ecp5.v` has no behavioural DP16KD; ours
+(`testbench/cells/ecp5_sim.v`) lets `testbench/test_gatelevel.py` run the ULX3S chip's folded
+netlist under Verilator over its UART: projections bit-exact, and cycles as the simulator
+predicts.
 """
 
 import collections

