@@ -29,7 +29,7 @@ from rtl.params import ChipParams
 
 from .verilator import ROOT, build_sources
 
-__all__ = ["build_gatelevel", "cell_library", "fast_uart", "netlist_verilog", "pins"]
+__all__ = ["build_gatelevel", "cell_library", "fast_uart", "main", "netlist_verilog", "pins"]
 
 #: Our models of the cells Yosys's library declares without a body.
 CELLS = ROOT / "testbench" / "cells" / "ecp5_sim.v"
@@ -93,12 +93,13 @@ def netlist_verilog(netlist: Path) -> str:
     return out.read_text()
 
 
-def build_gatelevel(chip: ChipParams, out: Path, say=lambda msg: None) -> tuple:
+def build_gatelevel(chip: ChipParams, out: Path, say=None) -> tuple:
     """Synthesize `chip` for the ULX3S with `rtl.fpga`'s flow (until its synth step, the fold
     included) in `out`, and build the netlist under Verilator.
 
     Returns (runner, build_dir, report): the report is `rtl.fpga.build`'s, with `bram_fold`.
     """
+    say = say or (lambda msg: None)
     report = build("ulx3s", Design(name="chip", chip=chip, factory=Chip), out, until="synth",
                    say=say)
     if not report["ok"]:
@@ -143,7 +144,29 @@ def stop_background() -> None:
         proc.wait()
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
+    import json
+
+    from rtl.cli import ArgumentParser
+
     from .test_gatelevel import CHIP, OUT
-    build_gatelevel(CHIP, OUT, say=print)
-    print("gate level: built")
+    ap = ArgumentParser(prog="python -m testbench.gatelevel",
+                        description="Synthesize the ULX3S chip (UART at 4 cycles per bit) with "
+                        "rtl.fpga's flow, block RAM fold included, and build its netlist under "
+                        "Verilator for testbench/test_gatelevel.py (about 9 minutes; cached).")
+    ap.add_argument("--json", action="store_true", help="print the build directories and the "
+                    "fold's summary as JSON")
+    args = ap.parse_args(argv)
+    _, bdir, report = build_gatelevel(CHIP, OUT, say=None if args.json else print)
+    fold = report["bram_fold"]
+    if args.json:
+        print(json.dumps({"synth_dir": str(OUT), "verilator_dir": str(bdir),
+                          "block_rams": fold["block_rams"], "folded": fold["folded"]}))
+    else:
+        print(f"gate level: built in {bdir} ({fold['folded']} of {fold['block_rams']} "
+              f"block RAMs folded)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
