@@ -68,7 +68,7 @@ def sim(config):
 
 @pytest.hookimpl(trylast=True)      # after -k, -m and --deselect have dropped what they drop
 def pytest_collection_modifyitems(session, config, items):
-    """Start the gate-level build (testbench/test_gatelevel.py: about 7 minutes, most of it on
+    """Start the gate-level build (testbench/test_gatelevel.py: about 8 minutes, most of it on
     one core) in a child process as soon as its tests are collected, and run them last."""
     gate = [it for it in items if it.module.__name__.endswith("test_gatelevel")]
     if not gate or config.option.collectonly:
@@ -76,8 +76,8 @@ def pytest_collection_modifyitems(session, config, items):
     for it in gate:
         items.remove(it)
         items.append(it)
-    from testbench import gatelevel, test_gatelevel
-    gatelevel.start_background(test_gatelevel.CHIP, test_gatelevel.OUT)
+    from testbench import gatelevel
+    gatelevel.start_background()
 
 
 def pytest_sessionfinish(session, exitstatus):

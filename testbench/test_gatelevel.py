@@ -5,16 +5,14 @@ the DP16KD's output register), so no RTL simulation covers what nextpnr places. 
 builds that netlist (`testbench.gatelevel`: the board's flow up to synthesis, the UART at 4
 cycles per bit) under Verilator with cell models, and runs the board tests' steps on it with
 the real host driver: projections bit-exact, every bad frame, a busy program whose cycles the
-simulator predicts, a device error at the pc the simulator says. About 10 minutes: synthesis
-(2), the Verilator build (5, cached under build/verilator/ while the netlist is unchanged) and
-the run (3).
+simulator predicts, a device error at the pc the simulator says. About 9 minutes alone:
+synthesis (1), Verilator (4) and its C++ (4), cached under build/verilator/ while the netlist
+is unchanged, and the run (1); `make test` builds it beside the other tests.
 """
 
 import pytest
 
-from rtl.params import CHIPS
-
-from .gatelevel import build_gatelevel, fast_uart, pins, wait_background
+from .gatelevel import CHIP, OUT, build_gatelevel, pins, wait_background
 from .test_board import (
     board_spec,
     check_bad_frames,
@@ -22,11 +20,8 @@ from .test_board import (
     check_device_error,
     check_projections,
 )
-from .verilator import BUILD, run_cocotb
+from .verilator import run_cocotb
 
-CHIP = fast_uart(CHIPS["ulx3s"])
-#: Where the flow builds it (the background build of testbench/conftest.py builds the same).
-OUT = BUILD.parent / "gatelevel" / CHIP.name
 #: Memories whose every block RAM the fold must take, or the test would not cover it.
 FOLDED = ("design.accel.abuf", "design.accel.wbuf", "design.accel.dispatcher.imem",
           "design.mem.mem0", "design.mem.mem1")

@@ -1,6 +1,7 @@
-// Behavioural models of the two ECP5 primitives that Yosys's cells_sim_ecp5.v declares without
-// a body, for simulating the synthesized ULX3S netlist (testbench/gatelevel.py). The other
-// cells (LUT4, CCU2C, TRELLIS_FF, TRELLIS_DPR16X4, TRELLIS_IO) use Yosys's own models.
+// Behavioural models of the ECP5 cells that Yosys's library declares without a body (DP16KD,
+// EHXPLLL) or with a tristate Verilator refuses on a top-level port (TRELLIS_IO), for
+// simulating the synthesized ULX3S netlist (testbench/gatelevel.py). LUT4, CCU2C, TRELLIS_FF
+// and TRELLIS_DPR16X4 use Yosys's own models.
 //
 // DP16KD follows Lattice TN1264 (ECP5 and ECP5-5G Memory Usage Guide): 18,432 bits read and
 // written a word at a time on the rising clock edge when CE is high and the chip select bits
@@ -10,14 +11,15 @@
 // puts on its own port's output: nothing new (NORMAL), the new data (WRITETHROUGH) or the old
 // (READBEFOREWRITE). Address bits by width: x9 AD[13:3], x18 AD[13:4] with byte enables
 // AD[1:0], and x36 (port A writes DIA and DIB, port B reads onto DOA and DOB) AD[13:5] with
-// byte enables on port A's AD[3:0]. Words are laid out in one flat bit array, a x9 word w at
-// bits 9w, a x18 word at 18w, a x36 word at 36w, so ports of different widths see one memory
-// as Yosys's block RAM mapping assumes (lattice/brams_map_16kd.v); INITVAL_xx holds 18-bit
-// words xx*16 .. xx*16+15, each in a 20-bit slot. Only the widths the chip uses (9, 18, 36)
-// are modelled, x36 on both ports or neither: any other stops the simulation at time 0. An asynchronous RST
-// (RESETMODE ASYNC) clears the output while it is high and the latch and register at the next
-// edge; a pulse that ends between two edges is not modelled (the chip ties RST to 0: a block
-// RAM with a read reset is not folded, rtl/bramfold.py).
+// byte enables on port A's AD[3:0]. The memory is 1,024 words of 18 bits: a x9 word w is half
+// w % 2 (low bits first) of word w / 2, a x36 word w is words 2w (DIA, DOA) and 2w + 1, so
+// ports of different widths see one memory as Yosys's block RAM mapping assumes
+// (lattice/brams_map_16kd.v); INITVAL_xx holds 18-bit words xx*16 .. xx*16+15, each in a
+// 20-bit slot. Only the widths the chip uses (9, 18, 36) are modelled, x36 on both ports or
+// neither: any other stops the simulation at time 0. An asynchronous RST (RESETMODE ASYNC)
+// clears the output while it is high and the latch and register at the next edge; a pulse
+// that ends between two edges is not modelled (the chip ties RST to 0: a block RAM with a
+// read reset is not folded, rtl/bramfold.py).
 
 module DP16KD(
   input DIA17, DIA16, DIA15, DIA14, DIA13, DIA12, DIA11, DIA10, DIA9, DIA8, DIA7, DIA6, DIA5,
@@ -119,7 +121,7 @@ module DP16KD(
     if (!((DATA_WIDTH_A == 9 || DATA_WIDTH_A == 18 || DATA_WIDTH_A == 36) &&
           (DATA_WIDTH_B == 9 || DATA_WIDTH_B == 18 || DATA_WIDTH_B == 36) &&
           (DATA_WIDTH_A == 36) == (DATA_WIDTH_B == 36)))
-      $fatal(1, "DP16KD model: DATA_WIDTH_A=%0d DATA_WIDTH_B=%0d not modelled (9, 18, or 36 on both)",
+      $fatal(1, "DP16KD model: DATA_WIDTH_A=%0d DATA_WIDTH_B=%0d not modelled (9, 18; 36 on both)",
              DATA_WIDTH_A, DATA_WIDTH_B);
     for (r = 0; r < 64; r = r + 1)
       for (i = 0; i < 16; i = i + 1)
@@ -129,10 +131,8 @@ module DP16KD(
 
   // The 18-bit word a port's address selects (x36: the even one of a pair), and which 9-bit
   // half of it a x9 port reads and writes.
-  wire [9:0] wa = DATA_WIDTH_A == 9 ? ada[13:4] : DATA_WIDTH_A == 18 ? ada[13:4]
-                                                                      : {ada[13:5], 1'b0};
-  wire [9:0] wb = DATA_WIDTH_B == 9 ? adb[13:4] : DATA_WIDTH_B == 18 ? adb[13:4]
-                                                                      : {adb[13:5], 1'b0};
+  wire [9:0] wa = W36 ? {ada[13:5], 1'b0} : ada[13:4];
+  wire [9:0] wb = W36 ? {adb[13:5], 1'b0} : adb[13:4];
   // A port's write mask over its 18-bit word (x36: over each word of the pair).
   wire [17:0] ma = DATA_WIDTH_A == 9 ? (ada[3] ? 18'h3fe00 : 18'h001ff)
                  : {{9{ada[1]}}, {9{ada[0]}}};
