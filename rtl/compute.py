@@ -9,12 +9,21 @@ from .lane import TernaryLane
 from .memport import copies, registered
 from .params import ArrayParams
 
-__all__ = ["ComputeUnit", "popcount", "tree_sum"]
+__all__ = ["ComputeUnit", "groups_past", "popcount", "tree_sum"]
 
 
 def popcount(bits):
     """A balanced adder tree over the bits of a value (no multiplier); pass a named Signal."""
     return tree_sum([bits[i] for i in range(len(bits))])
+
+
+def groups_past(acc, tokens, p: ArrayParams):
+    """Whether `tokens` tokens from accumulator group `acc` run past the accumulator buffer:
+    acc + ceil(tokens / token_lanes) > acc_groups, as acc * token_lanes + tokens >
+    acc_groups * token_lanes (one adder and a comparison with a constant, not three carry
+    chains: ceil(t / L) > k exactly when t > L * k)."""
+    shift = p.token_lanes.bit_length() - 1
+    return (acc << shift) + tokens > (p.acc_groups << shift)
 
 
 def tree_sum(terms):
@@ -148,14 +157,12 @@ class ComputeUnit(wiring.Component):
             bad_nm = (head.nm != 0) & ((head.nm < NM_MIN_N) | (head.k_len[:group_shift] != 0))
         else:
             bad_nm = head.nm != 0
-        groups = (head.tokens + p.token_lanes - 1) >> (p.token_lanes.bit_length() - 1)
         steps = cls.steps(m, p, head)
         err = Signal(ErrorCode)
         with m.If((head.k_len == 0) | (head.tokens == 0) | (head.n_rows == 0) |
                   (head.n_rows > p.row_lanes) | (head.tokens > p.max_tokens) | bad_nm):
             m.d.comb += err.eq(ErrorCode.BAD_FIELD)
-        with m.Elif((head.wbuf + steps > p.wbuf_rows) |
-                    (head.acc + groups > p.acc_groups)):
+        with m.Elif((head.wbuf + steps > p.wbuf_rows) | groups_past(head.acc, head.tokens, p)):
             m.d.comb += err.eq(ErrorCode.BAD_ADDRESS)
         return err
 
@@ -179,17 +186,10 @@ class ComputeUnit(wiring.Component):
     def first_group_refused(cls, m, p: ArrayParams, instr) -> Signal:
         """MATMUL `instr`'s first token group reads past the activation buffer: BAD_ADDRESS in
         its first step, a cycle after issue (done when the program is written, `rtl.predecode`)."""
-        abuf, last_start = cls.last_start_operands(m, p, instr)
-        refused = Signal()
-        m.d.comb += refused.eq(abuf > last_start)
-        return refused
-
-    @classmethod
-    def last_start_operands(cls, m, p: ArrayParams, instr) -> tuple:
-        """(MATMUL `instr`'s first activation row, `last_start`): its first token group is
-        refused when the first is larger."""
         head = data.View(instr_layout(Opcode.MATMUL), instr)
-        return head.abuf, cls.last_start(m, p, head)
+        refused = Signal()
+        m.d.comb += refused.eq(head.abuf > cls.last_start(m, p, head))
+        return refused
 
     def elaborate(self, platform):
         m = Module()
@@ -215,7 +215,6 @@ class ComputeUnit(wiring.Component):
         next_grow = Signal.like(grow)
         head_last_start = self.last_start(m, p, head)
         last_start = Signal.like(head_last_start)
-        row_mask = Signal(p.row_lanes)
         n_rows = Signal.like(head.n_rows)
         accumulate = Signal()
         push_prev = Signal()
@@ -233,7 +232,10 @@ class ComputeUnit(wiring.Component):
         rd_last = Signal()
         rd_final = Signal()
         rd_g = Signal.like(self.c_waddr)
-        rd_off = Signal(port_shift)
+        # The read's byte offset in the word, in whole token groups: `bytepos` only ever moves
+        # by token_lanes bytes (or N:M's 8 x token_lanes), so its low bits are always zero and
+        # the pick of the lanes' bytes is a mux of port_bytes / token_lanes ways.
+        rd_off = Signal(port_shift - lt_shift)
         rd_tok = Signal(p.token_lanes)
         rd_nm = Signal()
         rd_slot = Signal.like(slot)
@@ -263,7 +265,7 @@ class ComputeUnit(wiring.Component):
                 m.d.sync += [
                     rd.eq(1), rd_first.eq(first_k),
                     rd_last.eq(last_k), rd_final.eq(final),
-                    rd_g.eq(acc + g), rd_off.eq(bytepos[:port_shift]),
+                    rd_g.eq(acc + g), rd_off.eq(bytepos[lt_shift:port_shift]),
                     rd_tok.eq(Cat(*[tokens_left > j for j in range(p.token_lanes)])),
                     rd_nm.eq(nm != 0), rd_slot.eq(slot),
                 ]
@@ -294,7 +296,10 @@ class ComputeUnit(wiring.Component):
         # n = 16 h + l: r = 16 i + j is in when h > i, or h == i and l > j. Tables on h and on l
         # and one LUT per row, instead of a comparator of the 12-bit field (a carry chain) per
         # row, or one table over all of n.
-        n_small = head.n_rows[:p.row_lanes.bit_length()]
+        # From the kept `n_rows`, not the head: the mask is first read a cycle after the take,
+        # so only two LUT levels lie between that register and `rd_mask`, and no instruction
+        # queue in front of them.
+        n_small = n_rows[:p.row_lanes.bit_length()]
         h, low = n_small[4:], n_small[:4]
         groups_r = (p.row_lanes + 15) // 16
         h_gt, h_eq, l_gt = Signal(groups_r), Signal(groups_r), Signal(16)
@@ -349,7 +354,7 @@ class ComputeUnit(wiring.Component):
                 nm.eq(head.nm if p.nm else 0), n_rows.eq(head.n_rows),
                 accumulate.eq(head.accumulate), push_prev.eq(head.push_prev),
                 push_next.eq(head.push_next), last_start.eq(head_last_start),
-                one_step.eq(steps == 1), row_mask.eq(row_mask_of),
+                one_step.eq(steps == 1),
             ]
 
         # The rest of the read's flags: the MATMUL's, as its stages see them.
@@ -361,7 +366,7 @@ class ComputeUnit(wiring.Component):
         m.d.sync += [rd_pc.eq(pc), rd_acc.eq(accumulate), rd_push.eq(Cat(push_prev, push_next)),
                      rd_nrows.eq(n_rows)]
         # The row mask and the words read are `data`: they count only with a stage's flag.
-        m.d.data += rd_mask.eq(row_mask)
+        m.d.data += rd_mask.eq(row_mask_of)
         flags = dict(v=rd, first=rd_first, last=rd_last, final=rd_final, g=rd_g, off=rd_off,
                      tok=rd_tok, nm=rd_nm, slot=rd_slot, pc=rd_pc, acc=rd_acc, push=rd_push,
                      nrows=rd_nrows)
@@ -386,7 +391,7 @@ class ComputeUnit(wiring.Component):
         # The partial sums to accumulate onto are read here and arrive with stage 2.
         m.d.comb += self.c_raddr.eq(s1_g)
         act = Signal(p.port_bits)
-        m.d.comb += act.eq(a_data >> Cat(Const(0, 3), s1_off))
+        m.d.comb += act.eq(a_data >> Cat(Const(0, 3 + lt_shift), s1_off))
         # Stage 2's registers: the step's flags, the activations (the token lanes' bytes of the
         # column, or of the group of 8 columns with N:M), each row's weight and slot position.
         # The activations, signs and slots are `data`: a step's flags make them count.

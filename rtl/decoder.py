@@ -60,6 +60,12 @@ class WeightDecoder(wiring.Component):
         The word holds a byte >= 243 (base 3), a code 0b11 (2-bit) or 0b1111 (N:M), or the
         encoding is not enabled at this scale point.
 
+    With `ArrayParams.registered_weight_write`, `trits` is the decoding of the previous
+    cycle's `word` and `encoding` (`invalid` is not): each encoding's decoding is registered
+    (the base-3 tables' rows a second time: on the ECP5 their block RAMs' output registers,
+    `rtl.bramfold`), and the choice by encoding follows those registers, so the weight buffer
+    can take the row without a register of its own and no logic follows a block RAM.
+
     Parameters
     ----------
     domain : the clock domain of the registered tables and invalid flag (with
@@ -82,6 +88,20 @@ class WeightDecoder(wiring.Component):
         nbytes = p.port_bytes
         n = TRITS_PER_BYTE[WeightEncoding.BASE3]
         lb = p.wbuf_lane_bits
+        late = p.registered_weight_write
+
+        def delayed(value, name):
+            """`value` a cycle late, with `registered_weight_write`: a register without reset
+            (the fold takes a table's as its block RAM's output register)."""
+            if not late:
+                return value
+            reg = Signal.like(value, name=name, reset_less=True)
+            m.d[self.domain] += reg.eq(value)
+            return reg
+
+        # What the decodings and their choice are made from.
+        word = delayed(self.word, "late_word")
+        encoding = delayed(self.encoding, "late_encoding")
 
         # Each enabled encoding's decoding of the word, a whole row of lane controls; `trits` is
         # the one `encoding` names (lanes an encoding does not reach read zero).
@@ -108,7 +128,7 @@ class WeightDecoder(wiring.Component):
                     port = rom.read_port(domain="comb")
                     row = port.data
                     m.d.comb += port.addr.eq(self.word[8 * j:8 * j + 8])
-                rows.append(row)
+                rows.append(delayed(row, f"late_base3_{j}"))
 
         def flagged(bad_of):
             """Whether any code of the word is invalid; with registered_decode, worked out on
@@ -145,14 +165,14 @@ class WeightDecoder(wiring.Component):
                     m.d.comb += put(WeightEncoding.BASE3, n * j + i, row[2 * i], row[2 * i + 1])
         if WeightEncoding.CODE2 in p.encodings:
             for lane in range(4 * nbytes):
-                code = self.word[2 * lane:2 * lane + 2]
+                code = word[2 * lane:2 * lane + 2]
                 # code = trit + 1: 00 -> -1, 01 -> 0, 10 -> +1.
                 assert TRIT_CODE_OFFSET == 1
                 m.d.comb += put(WeightEncoding.CODE2, lane, ~code[0] & ~(code == CODE2_INVALID),
                                 code == 0)
         if WeightEncoding.NM in p.encodings:
             for lane in range(NM_SLOTS_PER_BYTE * nbytes):
-                code = self.word[NM_SLOT_BITS * lane:NM_SLOT_BITS * (lane + 1)]
+                code = word[NM_SLOT_BITS * lane:NM_SLOT_BITS * (lane + 1)]
                 # The offset, then the sign; NM_EMPTY and NM_INVALID have every offset bit set,
                 # and differ in the sign.
                 offset, neg = code[:NM_OFFSET_BITS], code[NM_OFFSET_BITS]
@@ -177,7 +197,7 @@ class WeightDecoder(wiring.Component):
             lo, hi = entries[:half], entries[half:]
             if all(a is b for a, b in zip(lo, hi)):
                 return pick(lo, bit - 1)
-            return Mux(self.encoding[bit], pick(hi, bit - 1), pick(lo, bit - 1))
+            return Mux(encoding[bit], pick(hi, bit - 1), pick(lo, bit - 1))
 
         m.d.comb += self.trits.eq(pick(table, len(self.encoding) - 1))
         with m.Switch(self.encoding):

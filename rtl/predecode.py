@@ -77,17 +77,15 @@ class Predecoder(wiring.Component):
                    Unit.DISPATCH: flags[0] | flags[1] | flags[2] | flags[3]}
         bad_dep_q = {u: Signal(name=f"bad_dep_{u.name.lower()}") for u in bad_dep}
         errs_q = {u: Signal(ErrorCode, name=f"err_{u.name.lower()}") for u in _CHECKS}
-        # The refusals' two operands are registered, and compared in the second half.
-        abuf, last_start = ComputeUnit.last_start_operands(m, p, self.instr)
-        row_end, depth = LoadUnit.first_row_end(m, p, self.instr)
-        abuf_q, last_start_q = Signal.like(abuf), Signal.like(last_start)
-        row_end_q, depth_q = Signal.like(row_end), Signal.like(depth)
-        single = Signal()
+        # The refusals are compared here too, each as if the instruction were of its unit:
+        # the second half then only picks, and no carry chain lies before the memory.
+        refuse_compute, refuse_load, single = Signal(), Signal(), Signal()
         m.d.sync += [bad_dep_q[u].eq(v) for u, v in bad_dep.items()]
         m.d.sync += [errs_q[u].eq(cls.static_error(m, p, self.instr))
                      for u, cls in _CHECKS.items()]
-        m.d.sync += [abuf_q.eq(abuf), last_start_q.eq(last_start), row_end_q.eq(row_end),
-                     depth_q.eq(depth), single.eq(LoadUnit.single_request(self.instr))]
+        m.d.sync += [refuse_compute.eq(ComputeUnit.first_group_refused(m, p, self.instr)),
+                     refuse_load.eq(LoadUnit.first_row_refused(m, p, self.instr)),
+                     single.eq(LoadUnit.single_request(self.instr))]
 
         # -- second half: the instruction's unit's results ---------------------------------------
         with m.If(~legal):
@@ -104,8 +102,8 @@ class Predecoder(wiring.Component):
             m.d.comb += self.pre.go.bit_select(unit, 1).eq(1)
         m.d.comb += [
             self.pre.bad.eq(self.pre.unit_err != ErrorCode.NONE),
-            self.pre.refuse0.eq(((unit == Unit.COMPUTE) & (abuf_q > last_start_q)) |
-                                ((unit == Unit.LOAD) & (row_end_q > depth_q))),
+            self.pre.refuse0.eq(((unit == Unit.COMPUTE) & refuse_compute) |
+                                ((unit == Unit.LOAD) & refuse_load)),
             self.pre.single.eq((unit == Unit.LOAD) & single),
         ]
         return m

@@ -4,6 +4,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .compute import groups_past
 from .isa import INSTR_BITS, PC_BITS, ErrorCode, Opcode, instr_layout
 from .load import ADDR_BITS
 from .memport import COPY_ATTR
@@ -74,12 +75,11 @@ class StoreUnit(wiring.Component):
         """What STORE `instr` alone refuses at issue (BAD_FIELD, BAD_ADDRESS) or NONE: the
         checks that need no state, done once when the program is written (`rtl.predecode`)."""
         head = data.View(instr_layout(Opcode.STORE), instr)
-        groups = (head.tokens + p.token_lanes - 1) >> (p.token_lanes.bit_length() - 1)
         err = Signal(ErrorCode)
         with m.If((head.tokens == 0) | (head.words == 0) |
                   (head.words > p.out_words_per_token) | (head.tokens > p.max_tokens)):
             m.d.comb += err.eq(ErrorCode.BAD_FIELD)
-        with m.Elif(head.acc + groups > p.acc_groups):
+        with m.Elif(groups_past(head.acc, head.tokens, p)):
             m.d.comb += err.eq(ErrorCode.BAD_ADDRESS)
         return err
 

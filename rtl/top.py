@@ -199,14 +199,16 @@ class Accelerator(wiring.Component):
             ]
         w_en = load.w_en & run.replicate(len(load.w_en))
         if p.registered_weight_write:
-            # The decoded row goes into a register and is written the next cycle: the decoder's
-            # block RAM tables then feed flip-flops, not the weight buffer's block RAMs across
-            # the die. No cycle changes: a LOAD retires with its last write requested, its
-            # consumers issue a cycle later at the earliest and read a cycle after that.
-            w_en, w_addr, w_data = registered(m, "wbuf_w_", en=w_en, addr=load.w_addr,
-                                              data=load.w_data)
+            # The decoded row is written the next cycle: the decoder's block RAM tables then
+            # feed registers (their own output registers on the ECP5), and only the choice of
+            # encoding lies before the weight buffer's block RAMs across the die. The LOAD
+            # unit's row already comes a cycle late (`rtl.decoder`); its enable and address are
+            # registered here. No cycle changes: a LOAD retires with its last write requested,
+            # its consumers issue a cycle later at the earliest and read a cycle after that.
+            w_en, w_addr = registered(m, "wbuf_w_", en=w_en, addr=load.w_addr)
         else:
-            w_addr, w_data = load.w_addr, load.w_data
+            w_addr = load.w_addr
+        w_data = load.w_data
         a_en, a_addr, a_data = load.a_en & run, load.a_addr, load.a_data
         if p.registered_act_write:
             # The same for an activation word, for the same reason: no cycle changes.

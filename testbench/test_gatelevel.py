@@ -12,6 +12,8 @@ is unchanged, and the run (1); `make test` builds it beside the other tests.
 
 import pytest
 
+from rtl.fpga import folded_memories
+
 from .gatelevel import CHIP, OUT, build_gatelevel, pins, wait_background
 from .test_board import (
     board_spec,
@@ -23,8 +25,7 @@ from .test_board import (
 from .verilator import run_cocotb
 
 #: Memories whose every block RAM the fold must take, or the test would not cover it.
-FOLDED = ("design.accel.abuf", "design.accel.wbuf", "design.accel.dispatcher.imem",
-          "design.mem.mem0", "design.mem.mem1")
+FOLDED = folded_memories(CHIP)
 
 
 @pytest.fixture(scope="module")

@@ -505,11 +505,12 @@ def test_ulx3s_synthesis_lut4_per_lane(capsys):
     per_lane = fpga.lut4_per_lane(report)
     assert per_lane <= fpga.BOARDS[board].lut4_per_lane == 50, per_lane
     # The block RAMs whose read the RTL registers right behind them take that register as
-    # their output register (rtl.bramfold): both buffers, the program memory and both banks
-    # of the chip memory, every block RAM of each.
+    # their output register (rtl.bramfold): both buffers, the program memory, both banks of
+    # the chip memory and the 32 base-3 tables, every block RAM of each.
     fold = report["bram_fold"]
-    for memory in ("design.accel.abuf", "design.accel.wbuf", "design.accel.dispatcher.imem",
-                   "design.mem.mem0", "design.mem.mem1"):
+    memories = fpga.folded_memories(CHIPS[board])
+    assert len(memories) == 5 + CHIPS[board].array.port_bytes
+    for memory in memories:
         got = fold["by_memory"][memory]
         assert got["folded"] == got["block_rams"] > 0 and got["why_not"] is None, (memory, got)
     print(f"\n{board}: {res['lut4']['used']} LUT4, {per_lane:.1f} per lane, "

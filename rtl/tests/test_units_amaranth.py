@@ -4,6 +4,7 @@ The models and the stimulus generators here are also what the cocotb + Verilator
 (`testbench/test_lane.py`, `testbench/test_decoder.py`) check against, on longer runs.
 """
 
+import dataclasses
 import random
 import time
 
@@ -314,9 +315,13 @@ def simulate_decoder(params: ArrayParams, vectors):
 
     A registered decoder (`params.registered_decode`) sees each word as `next_word` one cycle
     before it is `word`, as the LOAD unit drives it; its outputs are read in that second cycle.
+    With `params.registered_weight_write` its row is read a cycle later still, while another
+    word and encoding are applied.
     """
     dut = WeightDecoder(params)
     got = []
+    mask = (1 << params.port_bits) - 1
+    clocked = params.registered_decode or params.registered_weight_write
 
     async def testbench(ctx):
         for _, enc, word, _ in vectors:
@@ -324,13 +329,18 @@ def simulate_decoder(params: ArrayParams, vectors):
                 ctx.set(dut.next_word, word)
                 # Something else is on the port in the cycle the word is decoded.
                 await ctx.tick()
-                ctx.set(dut.next_word, ~word & ((1 << params.port_bits) - 1))
+                ctx.set(dut.next_word, ~word & mask)
             ctx.set(dut.encoding, enc)
             ctx.set(dut.word, word)
-            got.append((ctx.get(dut.trits), ctx.get(dut.invalid)))
+            invalid = ctx.get(dut.invalid)
+            if params.registered_weight_write:
+                await ctx.tick()
+                ctx.set(dut.encoding, ~enc & ((1 << len(dut.encoding)) - 1))
+                ctx.set(dut.word, ~word & mask)
+            got.append((ctx.get(dut.trits), invalid))
 
     sim = Simulator(dut)
-    if params.registered_decode:
+    if clocked:
         sim.add_clock(1e-6)
     sim.add_testbench(testbench)
     sim.run()
@@ -400,6 +410,18 @@ def test_registered_decoder():
     assert params.registered_decode
     vectors = decoder_vectors(5, params, n_random=20)
     check_decoder_outputs(params, vectors, simulate_decoder(params, vectors), 5)
+
+
+@pytest.mark.parametrize("params", [
+    dataclasses.replace(SCALE_POINTS["tiny"], registered_weight_write=True),
+    dataclasses.replace(NM_DECODER_PARAMS, registered_weight_write=True)],
+    ids=["tiny", "nm"])
+def test_late_decoder(params):
+    """A decoder whose row comes a cycle after its word (`registered_weight_write`, as on the
+    ECP5): each encoding's decoding registered, the choice after the registers; its row is
+    read while another word and encoding are applied, its invalid flag with the word."""
+    vectors = decoder_vectors(11, params, n_random=20, positions=[0, params.port_bytes - 1])
+    check_decoder_outputs(params, vectors, simulate_decoder(params, vectors), 11)
 
 
 @pytest.mark.parametrize("only", list(WeightEncoding), ids=lambda e: e.name)
