@@ -69,7 +69,8 @@ class WeightDecoder(wiring.Component):
     Parameters
     ----------
     domain : the clock domain of the registered tables and invalid flag (with
-        `ArrayParams.registered_decode`).
+        `ArrayParams.registered_decode`) and of the registers before the choice of encoding
+        (with `registered_weight_write`).
     """
 
     def __init__(self, params: ArrayParams, domain: str = "sync"):
