@@ -379,6 +379,12 @@ def error_cases(params: ArrayParams) -> list:
          ErrorCode.BAD_ADDRESS, 0)
     case("store-past-acc-start", [Store(acc=p.acc_groups, tokens=1, words=1), Halt()],
          ErrorCode.BAD_ADDRESS, 0)
+    # The last accumulator group filled exactly is not past it (`rtl.compute.groups_past`):
+    # the MATMUL and the STORE pass, and the word after them stops the run.
+    case("acc-filled-exactly",
+         [MatMul(acc=p.acc_groups - 1, k_len=1, tokens=p.token_lanes, n_rows=1),
+          Store(acc=p.acc_groups - 1, tokens=p.token_lanes, words=1), 0xF],
+         ErrorCode.ILLEGAL_OPCODE, 2)
     bad = MemoryImage(p.port_bytes)
     for b in (243, 255):
         word = np.zeros((4, p.port_bytes), np.uint8)
