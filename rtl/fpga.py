@@ -2,7 +2,8 @@
 
     python -m rtl.fpga [--board icebreaker|ulx3s|all] [--out build/fpga] [--lanes N ...]
                        [--top MODULE:FACTORY] [--until synth|pnr|pack]
-                       [--results docs/results.md] [--force] [--json]
+                       [--results docs/results.md] [--seed N] [--clock-mhz F]
+                       [--timing-detail] [--force] [--json]
 
 Each board gets a wrapper (`BoardTop`): a PLL from the board's oscillator to the chip's `clk_hz`
 (parameters found by `ice40_pll` / `ecp5_pll`, exact or refused; no PLL when `clk_hz` is the
@@ -53,9 +54,10 @@ from .isa import WeightEncoding
 from .memport import COPY_ATTR
 from .results import write_section
 
-__all__ = ["BOARDS", "DEVICES", "BoardTop", "BuildError", "Design", "build", "check_report",
-           "design_for", "ecp5_pll", "folded_memories", "ice40_pll", "kept_rows",
-           "lut4_per_lane", "main", "parse_reports", "render", "write_results"]
+__all__ = ["BOARDS", "DEVICES", "BoardTop", "BuildError", "Design", "build", "census_text",
+           "check_report", "design_for", "ecp5_pll", "folded_memories", "ice40_pll",
+           "kept_rows", "late_inputs", "lut4_per_lane", "main", "parse_reports", "render",
+           "write_results"]
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- rtl.fpga: begin -->", "<!-- rtl.fpga: end -->"
@@ -485,16 +487,18 @@ def _tool_command(tool: str) -> str:
     return os.environ.get(tool.upper().replace("-", "_"), TOOLS[tool])
 
 
-def _overrides(family: str, name: str, seed: int | None = None) -> dict:
+def _overrides(family: str, name: str, seed: int | None = None,
+               timing_detail: bool = False) -> dict:
     stat = f"tee -q -o {name}.stat.json stat -json"
-    seed_opts = [] if seed is None else ["--seed", str(seed)]
+    pnr_opts = ([] if seed is None else ["--seed", str(seed)]) + (
+        ["--detailed-timing-report"] if timing_detail else [])
     return {
         "synth_opts": ["-run", ":map_luts"],
         "script_after_read": "\n".join([NO_RW_CHECK, KEEP_COPIES]),
         "script_after_synth": "\n".join([*(line.format(name=name)
                                            for line in YOSYS_MAP_LUTS[family]), stat]),
         # Timing is judged here (check_report), so nextpnr finishes and writes its report.
-        "nextpnr_opts": ["--report", f"{name}.pnr.json", "--timing-allow-fail", *seed_opts],
+        "nextpnr_opts": ["--report", f"{name}.pnr.json", "--timing-allow-fail", *pnr_opts],
     }
 
 
@@ -529,6 +533,52 @@ def parse_reports(family: str, stat: dict, pnr: dict | None) -> dict:
             fmax[clock] = {"achieved": float(v["achieved"]), "target": float(v["constraint"])}
     return {"resources": {k: res[k] for k in RESOURCES if k in res}, "fmax_mhz": fmax,
             "synth_cells": dict(sorted(cells.items()))}
+
+
+def late_inputs(pnr: dict, period_ns: float, depth: int = 3, worst: int = 10) -> dict:
+    """Where a placement misses a clock period: the cell inputs whose data arrives later than
+    `period_ns` after the launching edge, from nextpnr's `--detailed-timing-report`.
+
+    Each endpoint of `detailed_net_timings` has its earliest and latest arrival (ns); an input
+    later than the period fails with any logic or setup after it, so the count is a lower bound
+    on what the clock asks for. Inputs are grouped by the first `depth` levels of their cell's
+    hierarchy ("design.accel.load": the LOAD unit). Returns {"period_ns", "inputs": all inputs
+    with an arrival, "late": those past the period, "groups": [{"group", "late", "worst_ns"}]
+    most late first, "worst": the `worst` latest inputs [{"cell", "port", "arrival_ns"}]}.
+    Raises ValueError when the report has no detailed timing.
+    """
+    nets = pnr.get("detailed_net_timings")
+    if nets is None:
+        raise ValueError("the nextpnr report has no detailed_net_timings "
+                         "(place and route with --detailed-timing-report)")
+    arrivals = [(e["cell"], e["port"], float(e["delay"][1]))
+                for n in nets for e in n.get("endpoints", ())]
+    late = sorted((a for a in arrivals if a[2] > period_ns), key=lambda a: -a[2])
+    groups = {}
+    for cell, _, t in late:
+        g = ".".join(cell.split(".")[:-1][:depth]) or cell
+        n, w = groups.get(g, (0, 0.0))
+        groups[g] = (n + 1, max(w, t))
+    return {"period_ns": period_ns, "inputs": len(arrivals), "late": len(late),
+            "groups": [{"group": g, "late": n, "worst_ns": round(w, 2)}
+                       for g, (n, w) in sorted(groups.items(), key=lambda kv: (-kv[1][0], kv[0]))],
+            "worst": [{"cell": c, "port": pt, "arrival_ns": round(t, 2)}
+                      for c, pt, t in late[:worst]]}
+
+
+def census_text(report: dict, groups: int = 15) -> str:
+    """`report`'s `late_inputs`, as lines to print."""
+    li = report["late_inputs"]
+    L = [f"{report['board']}: {li['late']:,} of {li['inputs']:,} cell inputs arrive later than "
+         f"{li['period_ns']:.2f} ns ({_mhz(report['clk_hz'])})"]
+    L += [f"  {g['late']:6,}  worst {g['worst_ns']:6.2f} ns  {g['group']}"
+          for g in li["groups"][:groups]]
+    if len(li["groups"]) > groups:
+        rest = li["groups"][groups:]
+        L.append(f"  {sum(g['late'] for g in rest):6,}  in {len(rest)} other blocks")
+    L += [f"  latest: {w['arrival_ns']:.2f} ns at {w['cell']} {w['port']}"
+          for w in li["worst"][:3]]
+    return "\n".join(L)
 
 
 def _same_clock(mhz: float, target_mhz: float) -> bool:
@@ -719,12 +769,15 @@ def _retry_placement(cmd: list, name: str, family: str, build_dir: Path, report:
 
 
 def build(board_name: str, design: Design, out: Path, *, force: bool = False,
-          until: str = "pack", seed: int | None = None, say=lambda msg: None) -> dict:
+          until: str = "pack", seed: int | None = None, timing_detail: bool = False,
+          say=lambda msg: None) -> dict:
     """Build `design` for `board_name` in directory `out` up to step `until` (one of
     `STEP_ORDER`: "synth" measures resources only); return the report.
 
     `seed` places and routes with that nextpnr seed instead of nextpnr's default: the same
     netlist placed another way, to measure how far one placement moves Fmax.
+    `timing_detail` has nextpnr report every net's arrivals, and the report count the inputs
+    that miss the clock (`late_inputs`, report["late_inputs"]).
 
     The report is also written to `out`/report.json. `ok` is true when every step up to
     `until` ran and `problems` (see `check_report`) is empty; the flow stops at the first step
@@ -743,7 +796,8 @@ def build(board_name: str, design: Design, out: Path, *, force: bool = False,
         platform.add_resources(getattr(platform, board.extra_resources))
     top = BoardTop(board, design.factory(design.chip), design.chip.clk_hz)
     name = re.sub(r"\W", "_", design.name)
-    plan = platform.prepare(top, name, emit_src=False, **_overrides(family, name, seed))
+    plan = platform.prepare(top, name, emit_src=False,
+                            **_overrides(family, name, seed, timing_detail))
     commands = json.loads(plan.files[f"build_{name}.json"])["commands"]
     digest = _design_hash(plan, board.retry_seeds)
     report = {
@@ -791,6 +845,8 @@ def build(board_name: str, design: Design, out: Path, *, force: bool = False,
     report.update(parse_reports(family, json.loads(stat_path.read_text()), pnr))
     fold_path = build_dir / f"{name}.fold.json"
     report["bram_fold"] = json.loads(fold_path.read_text()) if fold_path.exists() else None
+    if timing_detail and pnr is not None:
+        report["late_inputs"] = late_inputs(pnr, 1e9 / design.chip.clk_hz)
     report["total_s"] = round(sum(steps.values()), 1)
     report["problems"] = check_report(report)
     report["ok"] = until in steps and not report["problems"]
@@ -815,13 +871,23 @@ def machine() -> dict:
 
 # -- command line --------------------------------------------------------------------------------
 
-def design_for(board_name: str, top: str | None = None, lanes: int | None = None) -> Design:
+def design_for(board_name: str, top: str | None = None, lanes: int | None = None,
+               clk_hz: int | None = None) -> Design:
     """The chip of `board_name` (`rtl.params.CHIPS`), or `top` = "MODULE:FACTORY" in its place,
-    with its array widened or narrowed to `lanes` lanes if given."""
+    with its array widened or narrowed to `lanes` lanes and its clock at `clk_hz` if given."""
     from .chip import Chip
     from .params import CHIPS
 
     chip = CHIPS[board_name]
+    if clk_hz is not None and clk_hz != chip.clk_hz:
+        try:
+            chip = dataclasses.replace(chip, clk_hz=clk_hz)
+            board = BOARDS[board_name]
+            osc = BoardTop._osc_hz(board)
+            if clk_hz != osc:
+                PLL_SEARCH[board.pll](osc, clk_hz)
+        except ValueError as e:
+            raise ValueError(f"--clock-mhz {clk_hz / 1e6:g}: {e}") from None
     if lanes is not None and lanes != chip.array.lanes:
         rows = chip.array.row_lanes
         if lanes % rows:
@@ -978,10 +1044,24 @@ def main(argv=None) -> int:
                          "the board's retry seeds (" + "; ".join(
                              f"{b}: {', '.join(map(str, board.retry_seeds))}"
                              for b, board in BOARDS.items() if board.retry_seeds) + ")")
+    ap.add_argument("--clock-mhz", type=float, metavar="F",
+                    help="build the chip for F MHz instead of the clock it runs at (into "
+                         "OUT/<board>-<F>mhz/; the board's PLL must make F exactly): how far "
+                         "a clock is, with --timing-detail. Not with --results")
+    ap.add_argument("--timing-detail", action="store_true",
+                    help="have nextpnr report every net's arrival, and count the cell inputs "
+                         "later than the clock period by block of the design (report.json "
+                         "late_inputs; printed)")
     ap.add_argument("--force", action="store_true",
                     help="rebuild even when the design and flow are unchanged")
     ap.add_argument("--json", action="store_true", help="print the reports as one JSON list")
     args = ap.parse_args(argv)
+    if args.clock_mhz is not None and not 0 < args.clock_mhz <= 1000:
+        ap.error(f"--clock-mhz {args.clock_mhz:g}: must be in (0, 1000]")
+    if args.clock_mhz is not None and args.results:
+        ap.error("--clock-mhz with --results: the results table holds the chips at the clocks "
+                 "they run at")
+    clk_hz = None if args.clock_mhz is None else round(args.clock_mhz * 1e6)
     if args.seed is not None and not 0 <= args.seed < 2**31:
         ap.error(f"--seed {args.seed}: must be in 0..{2**31 - 1}")
     command = " ".join(["python -m rtl.fpga", *(sys.argv[1:] if argv is None else argv)])
@@ -994,14 +1074,17 @@ def main(argv=None) -> int:
     for board in boards:
         for lanes in args.lanes or [None]:
             try:
-                design = design_for(board, args.top, lanes)
+                design = design_for(board, args.top, lanes, clk_hz)
                 suffix = "" if args.top is None else f"-{design.name}"
                 if lanes is not None:
                     suffix += f"-{lanes}lanes"
+                if clk_hz is not None:
+                    suffix += f"-{args.clock_mhz:g}mhz"
                 if args.seed is not None:
                     suffix += f"-seed{args.seed}"
                 report = build(board, design, args.out / f"{board}{suffix}", force=args.force,
-                               until=args.until, seed=args.seed, say=say)
+                               until=args.until, seed=args.seed,
+                               timing_detail=args.timing_detail, say=say)
             except ValueError as e:
                 report = {"board": board, "ok": False, "problems": [str(e)]}
             except BuildError as e:
@@ -1010,6 +1093,9 @@ def main(argv=None) -> int:
                 print(f"error: {board}: {'; '.join(report['problems'])}", file=sys.stderr)
             reports.append(report)
     built = [r for r in reports if "steps_s" in r]
+    for r in built:
+        if "late_inputs" in r:
+            print(census_text(r), file=sys.stderr if args.json else sys.stdout)
     if args.results and built:
         old = args.results.read_text() if args.results.exists() else ""
         write_results(args.results, render(built, command, kept_rows(old, built)))

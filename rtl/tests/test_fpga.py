@@ -444,6 +444,79 @@ def test_missed_placement_retried_with_the_boards_seeds(tmp_path, monkeypatch, f
     assert fpga._row_key(row) == fpga._row_key(fpga._row(board_report()))
 
 
+def test_late_inputs_counts_arrivals_past_the_period_by_block():
+    """Inputs whose latest arrival is past the period count, grouped by their cell's
+    hierarchy; the earliest arrival and inputs on time do not."""
+    def net(*endpoints):
+        return {"net": "n", "driver": "d", "port": "O", "event": "posedge clk",
+                "endpoints": [{"cell": c, "port": pt, "delay": [lo, hi], "event": "posedge clk"}
+                              for c, pt, lo, hi in endpoints]}
+    pnr = {"detailed_net_timings": [
+        net(("design.accel.load.busy_LC", "I0", 3.0, 11.0),
+            ("design.accel.load.pc_LC", "CEN", 12.0, 12.5),
+            ("design.accel.load.decoder.t_LC", "I1", 1.0, 10.5)),
+        net(("design.link.crc_LC", "I2", 10.1, 9.9),        # only the earliest is late
+            ("design.link.crc_LC", "I3", 2.0, 10.0),        # exactly the period: on time
+            ("design.mem.bank_RAM", "WADDR_0", 2.0, 13.0)),
+        net(("top_LC", "I0", 1.0, 10.2)),
+    ]}
+    li = fpga.late_inputs(pnr, 10.0)
+    assert (li["inputs"], li["late"], li["period_ns"]) == (7, 5, 10.0)
+    assert li["groups"] == [
+        {"group": "design.accel.load", "late": 3, "worst_ns": 12.5},
+        {"group": "design.mem", "late": 1, "worst_ns": 13.0},
+        {"group": "top_LC", "late": 1, "worst_ns": 10.2}]
+    assert [w["arrival_ns"] for w in li["worst"]] == [13.0, 12.5, 11.0, 10.5, 10.2]
+    assert fpga.late_inputs(pnr, 10.0, depth=4)["groups"][0]["group"] == "design.accel.load"
+    assert {g["group"] for g in fpga.late_inputs(pnr, 10.0, depth=4)["groups"]} >= {
+        "design.accel.load.decoder"}
+    text = fpga.census_text({"board": "ulx3s", "clk_hz": 100_000_000, "late_inputs": li})
+    assert text.splitlines()[0] == ("ulx3s: 5 of 7 cell inputs arrive later than 10.00 ns "
+                                    "(100 MHz)")
+    with pytest.raises(ValueError, match="--detailed-timing-report"):
+        fpga.late_inputs({"fmax": {}}, 10.0)
+
+
+def test_timing_detail_and_clock_reach_the_flow(tmp_path):
+    """`--clock-mhz` builds the chip for another clock (its PLL and timing constraint), and
+    `timing_detail` puts nextpnr's detailed report on its command line and in the design
+    hash."""
+    board, top = "icebreaker", "rtl.compare:ternary_array"
+    design = fpga.design_for(board, top=top, clk_hz=48_000_000)
+    assert design.chip.clk_hz == 48_000_000
+    assert fpga.design_for(board, top=top).chip.clk_hz == CHIPS[board].clk_hz
+    plain = fpga.build(board, design, tmp_path / "plain", until="synth")
+    detail = fpga.build(board, design, tmp_path / "detail", until="synth", timing_detail=True)
+    script = (tmp_path / "detail" / "build_ternary_array.sh").read_text()
+    assert re.search(r"^\"\$NEXTPNR_ICE40\" .* --detailed-timing-report", script, re.M)
+    pcf = (tmp_path / "detail" / "ternary_array.pcf").read_text()
+    assert re.search(r"^set_frequency \S+ 48\.0$", pcf, re.M)
+    assert "--detailed-timing-report" not in (tmp_path / "plain" / "build_ternary_array.sh"
+                                              ).read_text()
+    assert plain["design_hash"] != detail["design_hash"]
+    assert detail["clk_hz"] == 48_000_000 and detail["pll"]["f_out_hz"] == 48_000_000
+
+
+def test_cli_refuses_a_clock_the_pll_cannot_make(capsys, tmp_path):
+    code = fpga.main(["--board", "icebreaker", "--until", "synth", "--out", str(tmp_path),
+                      "--clock-mhz", "47"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err == ("error: icebreaker: --clock-mhz 47: iCE40 PLL: no setting "
+                                 "gives exactly 47 MHz from 12 MHz")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["--clock-mhz", "48", "--results", "x.md"], "--clock-mhz with --results"),
+    (["--clock-mhz", "0"], "--clock-mhz 0: must be in"),
+], ids=["results", "zero"])
+def test_cli_refuses_another_clock_in_the_results_or_none(capsys, argv, why):
+    with pytest.raises(SystemExit) as e:
+        fpga.main(["--board", "icebreaker", *argv])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and why in err and len(err.splitlines()) == 1
+
+
 def test_cli_refuses_a_seed_out_of_range(capsys):
     with pytest.raises(SystemExit) as e:
         fpga.main(["--board", "icebreaker", "--seed", "-1"])
