@@ -9,7 +9,7 @@ from .lane import TernaryLane
 from .memport import copies, registered
 from .params import ArrayParams
 
-__all__ = ["ComputeUnit", "groups_past", "popcount", "tree_sum"]
+__all__ = ["ComputeUnit", "groups_past", "popcount", "sum_exceeds", "tree_sum"]
 
 
 def popcount(bits):
@@ -20,10 +20,28 @@ def popcount(bits):
 def groups_past(acc, tokens, p: ArrayParams):
     """Whether `tokens` tokens from accumulator group `acc` run past the accumulator buffer:
     acc + ceil(tokens / token_lanes) > acc_groups, as acc * token_lanes + tokens >
-    acc_groups * token_lanes (one adder and a comparison with a constant, not three carry
-    chains: ceil(t / L) > k exactly when t > L * k)."""
+    acc_groups * token_lanes (one carry chain, `sum_exceeds`, not three: ceil(t / L) > k
+    exactly when t > L * k)."""
     shift = p.token_lanes.bit_length() - 1
-    return (acc << shift) + tokens > (p.acc_groups << shift)
+    return sum_exceeds(acc << shift, tokens, Const(0, 1), p.acc_groups << shift)
+
+
+def sum_exceeds(a, b, carry, limit: int):
+    """Whether a + b + carry > `limit` (a, b unsigned, `carry` one bit, `limit` >= 0 a
+    constant), in one carry chain: a + b + (2**w - limit - 1), with the constant folded in by a
+    carry-save step (per bit a LUT: the sum and the carry of a, b and the constant's bit), is
+    at least 2**w exactly then. A sum and a comparison would be two carry chains in a row."""
+    w = max(len(a), len(b), limit.bit_length()) + 1
+    k = (1 << w) - limit - 1
+    a, b = a.as_unsigned(), b.as_unsigned()
+    bits_a = [a[i] if i < len(a) else Const(0, 1) for i in range(w)]
+    bits_b = [b[i] if i < len(b) else Const(0, 1) for i in range(w)]
+    pairs = list(enumerate(zip(bits_a, bits_b)))
+    s = Cat(*[~(x ^ y) if k >> i & 1 else x ^ y for i, (x, y) in pairs])
+    c = Cat(*[(x | y) if k >> i & 1 else x & y for i, (x, y) in pairs])
+    # s + 2c + carry: the carry enters as the chain's carry in (the low bit of both operands).
+    total = Cat(carry, s) + Cat(Const(1, 1), Const(0, 1), c)
+    return total[w + 1:] != 0
 
 
 def tree_sum(terms):
@@ -187,8 +205,11 @@ class ComputeUnit(wiring.Component):
         """MATMUL `instr`'s first token group reads past the activation buffer: BAD_ADDRESS in
         its first step, a cycle after issue (done when the program is written, `rtl.predecode`)."""
         head = data.View(instr_layout(Opcode.MATMUL), instr)
+        # abuf > last_start: abuf + the rows a group reads > abuf_rows, in one carry chain.
+        shift = (p.port_bytes // p.token_lanes).bit_length() - 1
         refused = Signal()
-        m.d.comb += refused.eq(head.abuf > cls.last_start(m, p, head))
+        m.d.comb += refused.eq(sum_exceeds(head.abuf, head.k_len >> shift,
+                                           head.k_len[:shift] != 0, p.abuf_rows))
         return refused
 
     def elaborate(self, platform):

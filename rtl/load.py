@@ -2,7 +2,7 @@
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .decoder import WeightDecoder
@@ -19,7 +19,7 @@ from .isa import (
 )
 from .params import ArrayParams
 
-__all__ = ["LoadUnit", "ADDR_BITS"]
+__all__ = ["ADDR_BITS", "InFlight", "LoadUnit"]
 
 #: Width of an external memory word address (the LOAD/STORE `dram` fields).
 ADDR_BITS = 32
@@ -32,6 +32,50 @@ def _descriptor_layout():
         "sram": lay["sram"].shape, "rows_m1": lay["rows"].shape,
         "length_m1": lay["length"].shape, "one_row": 1, "one_word": 1, "push_next": 1,
     })
+
+
+class InFlight(wiring.Component):
+    """A first-word-fall-through queue of `depth` entries whose free entry is written in
+    every cycle it has room: `w_data` goes into the entry after the last at every clock edge
+    while `w_rdy`, and `w_en` keeps it (the entries after it are free). Its memory's write
+    enable is then `w_rdy`, a flip-flop, and not the write decision (as `SyncFIFO`'s is).
+
+    Members: `w_data`, `w_en`, `w_rdy` and `r_data`, `r_en`, `r_rdy` as for `SyncFIFO`
+    (`r_data` is the oldest entry while `r_rdy`; a write to an empty queue is read from the
+    next cycle on; `w_en` without `w_rdy`, or `r_en` without `r_rdy`, does nothing).
+    """
+
+    def __init__(self, width: int, depth: int):
+        self.width, self.depth = width, depth
+        super().__init__({"w_data": In(width), "w_en": In(1), "w_rdy": Out(1),
+                          "r_data": Out(width), "r_en": In(1), "r_rdy": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        d = self.depth
+        m.submodules.storage = storage = Memory(shape=self.width, depth=d, init=[])
+        wp, rp = storage.write_port(), storage.read_port(domain="comb")
+        w_ptr, r_ptr = Signal(range(d)), Signal(range(d))
+        level = Signal(range(d + 1))
+        full, empty = Signal(), Signal(init=1)
+        write = self.w_en & ~full
+        read = self.r_en & ~empty
+        m.d.comb += [wp.addr.eq(w_ptr), wp.data.eq(self.w_data), wp.en.eq(~full),
+                     rp.addr.eq(r_ptr), self.r_data.eq(rp.data),
+                     self.w_rdy.eq(~full), self.r_rdy.eq(~empty)]
+
+        def step(ptr):
+            return Mux(ptr == d - 1, 0, ptr + 1) if d & (d - 1) else (ptr + 1)[:len(ptr)]
+
+        with m.If(write):
+            m.d.sync += w_ptr.eq(step(w_ptr))
+        with m.If(read):
+            m.d.sync += r_ptr.eq(step(r_ptr))
+        with m.If(write & ~read):
+            m.d.sync += [level.eq(level + 1), full.eq(level == d - 1), empty.eq(0)]
+        with m.Elif(read & ~write):
+            m.d.sync += [level.eq(level - 1), full.eq(0), empty.eq(level == 1)]
+        return m
 
 
 class LoadUnit(wiring.Component):
@@ -173,7 +217,7 @@ class LoadUnit(wiring.Component):
         lay = instr_layout(Opcode.LOAD)
         head = data.View(lay, self.head_instr)
         desc_lay = _descriptor_layout()
-        m.submodules.inflight = inflight = SyncFIFO(width=desc_lay.size, depth=p.loads_in_flight)
+        m.submodules.inflight = inflight = InFlight(desc_lay.size, p.loads_in_flight)
 
         # -- request side ----------------------------------------------------------------------
         # The state the issue decision looks at is kept in flags, each worked out a cycle ahead,
@@ -260,28 +304,40 @@ class LoadUnit(wiring.Component):
             with m.Elif(~inflight.w_rdy):
                 m.d.comb += self.stall_port.eq(1)
             with m.Else():
-                m.d.comb += [self.take.eq(1), self.pop_next.eq(head.pop_next)]
-                head_span = self._row_span(m, p, head)
-                m.d.sync += [
-                    busy.eq(1), pc.eq(self.head_pc), req_addr.eq(head.dram),
-                    row_step.eq(head.stride - (head.length - 1)), word.eq(0),
-                    length_m2.eq((head.length - 2)[:len(length_m2)]),
-                    one_word.eq(head.length == 1), last_word.eq(head.length == 1),
-                    rows_left.eq(head.rows), last_row.eq(head.rows == 1),
-                    depth.eq(head_depth), span.eq(head_span),
-                    next_end.eq(head.sram + (head_span << 1)),
-                    refuse.eq(head_refused),
-                    final.eq(head_single),
-                ]
-                desc = data.View(desc_lay, inflight.w_data)
-                m.d.comb += [
-                    inflight.w_en.eq(1),
-                    desc.pc.eq(self.head_pc), desc.buffer.eq(head.buffer),
-                    desc.encoding.eq(head.encoding), desc.sram.eq(head.sram),
-                    desc.rows_m1.eq(head.rows - 1), desc.length_m1.eq(head.length - 1),
-                    desc.one_row.eq(head.rows == 1), desc.one_word.eq(head.length == 1),
-                    desc.push_next.eq(head.push_next),
-                ]
+                m.d.comb += [self.take.eq(1), self.pop_next.eq(head.pop_next),
+                             inflight.w_en.eq(1)]
+                m.d.sync += busy.eq(1)
+        # The registers a LOAD starts from are taken from the head in every cycle the unit
+        # could take one (idle, or its last request going out), whether it does or not: their
+        # clock enable is then `busy` and `finishing`, not the issue decision. Only a take
+        # (`busy`) makes them count. The fields kept while it runs are not read again after
+        # its last request is presented, so they take the head from that cycle on, whether
+        # the port accepts the request or not.
+        head_span = self._row_span(m, p, head)
+        with m.If(~busy | finishing):
+            m.d.sync += [
+                req_addr.eq(head.dram), word.eq(0), last_word.eq(head.length == 1),
+                rows_left.eq(head.rows), last_row.eq(head.rows == 1),
+                next_end.eq(head.sram + (head_span << 1)),
+                refuse.eq(head_refused), final.eq(head_single),
+            ]
+        with m.If(~busy | (final & ~refuse)):
+            m.d.sync += [
+                pc.eq(self.head_pc), row_step.eq(head.stride - (head.length - 1)),
+                length_m2.eq((head.length - 2)[:len(length_m2)]),
+                one_word.eq(head.length == 1), depth.eq(head_depth),
+                span.eq(head_span),
+            ]
+        # The in-flight queue's next entry is written from the head in every cycle it has
+        # room; a take keeps it.
+        desc = data.View(desc_lay, inflight.w_data)
+        m.d.comb += [
+            desc.pc.eq(self.head_pc), desc.buffer.eq(head.buffer),
+            desc.encoding.eq(head.encoding), desc.sram.eq(head.sram),
+            desc.rows_m1.eq(head.rows - 1), desc.length_m1.eq(head.length - 1),
+            desc.one_row.eq(head.rows == 1), desc.one_word.eq(head.length == 1),
+            desc.push_next.eq(head.push_next),
+        ]
 
         # -- response side ---------------------------------------------------------------------
         # With a registered decoder the response side works on the response of the previous
@@ -314,11 +370,13 @@ class LoadUnit(wiring.Component):
             # the lanes past 4P cleared (the enables pick the half).
             lb, half = p.wbuf_lane_bits, NM_SLOTS_PER_BYTE * p.port_bytes
             slots = decoder.trits[:lb * half]
-            nm_word = Signal()
+            # The response's word is N:M slots (`nm_now`); `nm_word`: the word of `w_data`.
+            nm_now, nm_word = Signal(), Signal()
+            m.d.comb += nm_now.eq(cur.encoding == WeightEncoding.NM)
             if p.registered_weight_write:
-                m.d.data += nm_word.eq(cur.encoding == WeightEncoding.NM)
+                m.d.data += nm_word.eq(nm_now)
             else:
-                m.d.comb += nm_word.eq(cur.encoding == WeightEncoding.NM)
+                m.d.comb += nm_word.eq(nm_now)
             with m.If(nm_word):
                 m.d.comb += self.w_data.eq(Cat(slots, slots, Const(0, lb * p.row_lanes)))
         cur_words = Mux(fresh, cur.length_m1, words_left)
@@ -337,7 +395,7 @@ class LoadUnit(wiring.Component):
             with m.If(cur.buffer == Buffer.WEIGHT):
                 m.d.comb += [self.w_en.eq(-1), self.w_addr.eq(addr)]
                 if p.nm:
-                    with m.If(cur.encoding == WeightEncoding.NM):
+                    with m.If(nm_now):
                         # Word 2i writes the granules of lanes 0 .. 2P-1, word 2i+1 the rest.
                         g = self.w_granules(p)
                         low = (1 << NM_SLOTS_PER_BYTE) - 1      # 2P lanes, P per granule

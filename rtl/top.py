@@ -336,8 +336,8 @@ class Accelerator(wiring.Component):
                      self.retire_pc[Unit.DISPATCH].eq(disp.pc)]
 
         # COMPUTE's zero bits are counted in three cycles: partial counts of ZERO_CHUNK rows into
-        # registers, sums of ZERO_GROUP of those into registers, then the sum of the groups for
-        # each token lane (one adder tree over 160 rows, then one over ten partial counts, was
+        # registers, sums of ZERO_GROUP of those into registers, then the sum of the groups times
+        # the token lanes they count for (one adder tree over 160 rows, then one over ten partial counts, was
         # the ULX3S chip's critical path). These registers run whenever the clock does: the
         # units are frozen once the run ends, and the last cycle's count must still come
         # through.
@@ -353,10 +353,20 @@ class Accelerator(wiring.Component):
             group = Signal(range(rows + 1), name=f"zero_group_{i // ZERO_GROUP}")
             m.d.sync += group.eq(tree_sum(parts[i:i + ZERO_GROUP]))
             groups.append(group)
-        zero_tokens_1, zero_tokens = Signal(p.token_lanes), Signal(p.token_lanes)
-        m.d.sync += [zero_tokens_1.eq(comp.zero_tokens), zero_tokens.eq(zero_tokens_1)]
+        # The token lanes the rows count for, as a number (counted beside the partial counts):
+        # the last stage adds the groups once and picks k times the sum by a case on k, each
+        # k's shifts and adds of constants (none for k <= 2), instead of adding a copy of the
+        # sum per token lane after it.
+        tokens_1 = Signal(range(p.token_lanes + 1))
+        tokens = Signal.like(tokens_1)
+        m.d.sync += [tokens_1.eq(popcount(comp.zero_tokens)), tokens.eq(tokens_1)]
         zeros = tree_sum(groups)
-        skipped = sum(Mux(zero_tokens[j], zeros, 0) for j in range(p.token_lanes))
+        skipped = Signal(range(p.row_lanes * p.token_lanes + 1))
+        with m.Switch(tokens):
+            for k in range(1, p.token_lanes + 1):
+                with m.Case(k):
+                    m.d.comb += skipped.eq(tree_sum(zeros << b for b in range(k.bit_length())
+                                                    if k >> b & 1))
 
         increments = {
             Counter.CYCLES: 1,
