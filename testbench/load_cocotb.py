@@ -1,6 +1,8 @@
 """cocotb: drive a LoadUnit from an instruction queue and a modelled memory; record what it does.
 
-Input ($TB_JOB, JSON): {"port_bits": int, "jobs": [job, ...]}; each job has "instrs" (a list of
+Input ($TB_JOB, JSON): {"port_bits": int, "late_w_data": bool, "jobs": [job, ...]};
+"late_w_data" (default false) says a weight write's `w_data` comes a cycle after its `w_en` and
+`w_addr` (`ArrayParams.registered_weight_write`). Each job has "instrs" (a list of
 [pc, hex word, arrival cycle]: the queue head shows an instruction once its arrival cycle has
 come and it is the oldest not yet taken), "memory" ({word address: hex word}, 0 elsewhere),
 "seed", "ready_p" (chance the read channel accepts a request in a cycle), "latency" ([lo, hi]:
@@ -10,7 +12,9 @@ from reset during which `tok_next` is held low), "tok_p" (chance `tok_next` is h
 
 Output ($TB_RESULT): per job, the events by cycle (cycle 0 is the first after reset): "takes"
 [cycle, head_pc, take, pop_next, tok_next, head_valid] for every cycle with take or pop_next
-high, "reqs" [cycle, addr] for accepted requests, "writes" [cycle, "w"|"a", addr, hex data],
+high, "reqs" [cycle, addr] for accepted requests, "writes" [cycle, "w"|"a", addr, hex data]
+(the cycle of the enable; with "late_w_data" a weight write's data is `w_data` of the next
+cycle, sampled one cycle past the end of the run for a write in its last cycle),
 "retires" [cycle, pc, push_next], "push_strays" (cycles with push_next but no retire),
 "both_en" (cycles with w_en and a_en both high), "req_changes" (cycles where a request that was
 not accepted changed or vanished), "resp_refused" (cycles where a response was not accepted),
@@ -48,7 +52,7 @@ async def _reset(dut):
     dut.rst.value = 0
 
 
-async def run_job(dut, job, port_bits):
+async def run_job(dut, job, port_bits, late_w_data=False):
     instrs = [(int(pc), int(word, 16), int(arrival)) for pc, word, arrival in job["instrs"]]
     mem = {int(a): int(v, 16) for a, v in job["memory"].items()}
     rng = random.Random(job["seed"])
@@ -65,6 +69,7 @@ async def run_job(dut, job, port_bits):
     pending = deque()          # (due cycle, data), in request order
     last_due = -1
     prev_req = None            # (addr) of a request that was offered and not accepted
+    late_w = None              # with late_w_data: last cycle's weight write, its data to come
     done_at = None
     cycle = 0
     while cycle < max_cycles:
@@ -82,6 +87,9 @@ async def run_job(dut, job, port_bits):
         dut.rd_resp__payload.value = pending[0][1] if resp else rng.getrandbits(port_bits)
         await ReadOnly()
 
+        if late_w is not None:
+            late_w[3] = f"{_v(dut.w_data):x}"
+            late_w = None
         take, pop = _v(dut.take), _v(dut.pop_next)
         if take or pop:
             out["takes"].append([cycle, instrs[idx][0] if head else -1, take, pop, int(tok),
@@ -107,7 +115,10 @@ async def run_job(dut, job, port_bits):
         if w_en and a_en:
             out["both_en"].append(cycle)
         if w_en:
-            out["writes"].append([cycle, "w", _v(dut.w_addr), f"{_v(dut.w_data):x}"])
+            write = [cycle, "w", _v(dut.w_addr), None if late_w_data else f"{_v(dut.w_data):x}"]
+            out["writes"].append(write)
+            if late_w_data:
+                late_w = write
         if a_en:
             out["writes"].append([cycle, "a", _v(dut.a_addr), f"{_v(dut.a_data):x}"])
         push = _v(dut.push_next)
@@ -129,6 +140,13 @@ async def run_job(dut, job, port_bits):
         await FallingEdge(dut.clk)
     out["cycles"] = cycle
     out["timeout"] = cycle >= max_cycles
+    if late_w is not None:
+        # A weight write in the run's last cycle: its data is the next cycle's. (A timeout
+        # leaves the loop just after that cycle's falling edge; a break, in the write's cycle.)
+        if not out["timeout"]:
+            await FallingEdge(dut.clk)
+        await ReadOnly()
+        late_w[3] = f"{_v(dut.w_data):x}"
     return out
 
 
@@ -138,6 +156,7 @@ async def run_loads(dut):
     with open(os.environ["TB_JOB"]) as f:
         spec = json.load(f)
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    results = [await run_job(dut, job, int(spec["port_bits"])) for job in spec["jobs"]]
+    late = bool(spec.get("late_w_data", False))
+    results = [await run_job(dut, job, int(spec["port_bits"]), late) for job in spec["jobs"]]
     with open(os.environ["TB_RESULT"], "w") as f:
         json.dump({"results": results}, f)

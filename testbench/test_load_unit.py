@@ -3,13 +3,22 @@
 The cocotb side (`load_cocotb.py`) plays the instruction queue, the token queue and a memory
 with seeded random latency and back-pressure, and records every request, buffer write, take,
 retirement and error. This module generates the LOADs, predicts what must happen and checks it.
+
+Every test runs on two configurations of the unit (`CONFIGS`): `PARAMS`, whose decoder is logic,
+and `LATE_PARAMS`, the same sizes with the `ecp5` point's `registered_decode` (the response side
+a cycle behind the port: a LOAD retires a cycle later) and `registered_weight_write` (a weight
+row's `w_data` a cycle after its `w_en` and `w_addr`).
 """
 
+import dataclasses
 import random
 import time
+from typing import NamedTuple
 
 import numpy as np
 import pytest
+from amaranth.hdl import DomainRenamer, Module
+from amaranth.lib import wiring
 
 from rtl.decoder import trit_bits
 from rtl.isa import TRITS_PER_BYTE, Buffer, ErrorCode, Load, WeightEncoding
@@ -22,33 +31,67 @@ from .verilator import build, run_cocotb
 TOPLEVEL = "load_unit"
 PARAMS = ArrayParams(name="t", port_bytes=4, token_lanes=2, wbuf_rows=64, abuf_rows=64,
                      acc_groups=8, imem_depth=64)
-DEPTH = {Buffer.WEIGHT: PARAMS.wbuf_rows, Buffer.ACT: PARAMS.abuf_rows}
+#: The same unit with the `ecp5` point's registered decoder and late weight row.
+LATE_PARAMS = dataclasses.replace(PARAMS, name="t-late", registered_decode=True,
+                                  registered_weight_write=True)
+CONFIGS = {"plain": PARAMS, "late": LATE_PARAMS}
 ADDR_MASK = (1 << 32) - 1
 SEEDS = range(1, 5)
 
 
-@pytest.fixture(scope="module")
-def load_unit():
-    """Build LoadUnit(PARAMS) with Verilator once for this module."""
+class StandaloneLoad(wiring.Component):
+    """`LoadUnit(params)` with its `data` domain renamed to `sync`, as its docstring says to
+    run it alone (`rtl.top` clocks `data` like `sync`). Its members are the unit's, connected
+    one to one, so the Verilog ports (`w_en`, `rd_resp__ready`, ...) are the unit's own."""
+
+    def __init__(self, params: ArrayParams):
+        self.unit = LoadUnit(params)
+        super().__init__(self.unit.signature)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.unit = DomainRenamer({"data": "sync"})(self.unit)
+        wiring.connect(m, wiring.flipped(self), self.unit)
+        return m
+
+
+class Unit(NamedTuple):
+    """A configuration of the unit, built: its Verilator runner and build directory."""
+    runner: object
+    bdir: object
+    params: ArrayParams
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS.values()), ids=list(CONFIGS))
+def load_unit(request):
+    """Build the unit of each configuration with Verilator once for this module."""
+    params = request.param
     t = time.monotonic()
-    runner, bdir = build(LoadUnit(PARAMS), f"load-{PARAMS.name}", toplevel=TOPLEVEL)
-    print(f"\nLoadUnit({PARAMS.name}) Verilator build: {time.monotonic() - t:.1f} s")
-    return runner, bdir
+    runner, bdir = build(StandaloneLoad(params), f"load-{params.name}", toplevel=TOPLEVEL)
+    print(f"\nLoadUnit({params.name}) Verilator build: {time.monotonic() - t:.1f} s")
+    return Unit(runner, bdir, params)
+
+
+def response_lag(params: ArrayParams) -> int:
+    """Cycles the response side runs behind the port: one with `registered_decode` (the base-3
+    tables are read in the cycle a response arrives, its word is written and checked in the
+    next; docs/architecture.md: retirement at s+N+L+1), else none."""
+    return int(params.registered_decode)
 
 
 # -- stimulus ------------------------------------------------------------------------------------
 
-def weight_word(rng: random.Random, enc: WeightEncoding) -> int:
+def weight_word(rng: random.Random, enc: WeightEncoding, params: ArrayParams) -> int:
     """A memory word of random trits packed in `enc`."""
     trits = np.array([rng.choice((-1, 0, 1))
-                      for _ in range(TRITS_PER_BYTE[enc] * PARAMS.port_bytes)], dtype=np.int8)
+                      for _ in range(TRITS_PER_BYTE[enc] * params.port_bytes)], dtype=np.int8)
     return int.from_bytes(bytes(pack_trits(trits, enc)), "little")
 
 
-def decode_word(word: int, enc: WeightEncoding) -> int:
+def decode_word(word: int, enc: WeightEncoding, params: ArrayParams) -> int:
     """The weight buffer row a memory word decodes to: lane l's control at bits [2l+1:2l]."""
-    raw = np.frombuffer(word.to_bytes(PARAMS.port_bytes, "little"), dtype=np.uint8)
-    trits = unpack_trits(raw, enc, TRITS_PER_BYTE[enc] * PARAMS.port_bytes)
+    raw = np.frombuffer(word.to_bytes(params.port_bytes, "little"), dtype=np.uint8)
+    trits = unpack_trits(raw, enc, TRITS_PER_BYTE[enc] * params.port_bytes)
     return sum(trit_bits(int(t)) << (2 * lane) for lane, t in enumerate(trits))
 
 
@@ -59,10 +102,12 @@ def load_addresses(ld) -> list:
 
 
 class Program:
-    """A sequence of LOADs with their pcs, arrival cycles and the memory they read."""
+    """A sequence of LOADs for a unit of `params`, with their pcs, arrival cycles and the
+    memory they read."""
 
-    def __init__(self, rng: random.Random):
+    def __init__(self, rng: random.Random, params: ArrayParams):
         self.rng = rng
+        self.params = params
         self.loads = []       # (pc, Load, raw word)
         self.arrivals = []
         self.memory = {}
@@ -77,16 +122,20 @@ class Program:
         if fill and ld.rows and ld.length:
             for addr in load_addresses(ld):
                 if addr not in self.memory:
-                    self.memory[addr] = (weight_word(self.rng, ld.encoding)
+                    self.memory[addr] = (weight_word(self.rng, ld.encoding, self.params)
                                          if ld.buffer == Buffer.WEIGHT
-                                         else self.rng.getrandbits(PARAMS.port_bits))
+                                         else self.rng.getrandbits(self.params.port_bits))
         return self.pc
+
+    def depth(self, buf: Buffer) -> int:
+        """Rows of buffer `buf`."""
+        return {Buffer.WEIGHT: self.params.wbuf_rows, Buffer.ACT: self.params.abuf_rows}[buf]
 
     def random_load(self, max_words: int = 40, dense: bool = False, wrap: bool = False, **kw):
         """A random LOAD that fits its buffer; `kw` fixes fields (the rest fit around them)."""
         rng = self.rng
         buf = kw.pop("buffer", rng.choice(list(Buffer)))
-        depth = DEPTH[buf]
+        depth = self.depth(buf)
         length = kw.pop("length", rng.randint(1, 10))
         rows = kw.pop("rows", rng.randint(1, max(1, min(6, max_words // max(length, 1)))))
         sram = kw.pop("sram", rng.randint(0, max(0, depth - rows * length)))
@@ -100,7 +149,7 @@ class Program:
         else:
             dram = self.next_free
             self.next_free += max(rows - 1, 0) * stride + length + rng.randint(0, 9)
-        fields = {"buffer": buf, "encoding": rng.choice(list(PARAMS.encodings)), "sram": sram,
+        fields = {"buffer": buf, "encoding": rng.choice(list(self.params.encodings)), "sram": sram,
                   "rows": rows, "length": length, "dram": dram, "stride": stride,
                   "pop_next": rng.random() < 0.4, "push_next": rng.random() < 0.5}
         fields.update(kw)
@@ -128,17 +177,20 @@ class Program:
             for k, addr in enumerate(addrs):
                 word = self.memory.get(addr, 0)
                 if ld.buffer == Buffer.WEIGHT:
-                    writes.append(("w", ld.sram + k, decode_word(word, ld.encoding)))
+                    writes.append(("w", ld.sram + k, decode_word(word, ld.encoding, self.params)))
                 else:
                     writes.append(("a", ld.sram + k, word))
             out.append((addrs, writes))
         return out
 
 
-def run_loads(load_unit, jobs: list) -> list:
-    runner, bdir = load_unit
-    out = run_cocotb(runner, bdir, "testbench.load_cocotb", TOPLEVEL,
-                     {"port_bits": PARAMS.port_bits, "jobs": jobs})
+def run_loads(load_unit: Unit, jobs: list) -> list:
+    """Run `jobs` on the unit; with `registered_weight_write` the cocotb side takes a weight
+    write's `w_data` from the cycle after its `w_en`."""
+    p = load_unit.params
+    out = run_cocotb(load_unit.runner, load_unit.bdir, "testbench.load_cocotb", TOPLEVEL,
+                     {"port_bits": p.port_bits, "late_w_data": p.registered_weight_write,
+                      "jobs": jobs})
     return out["results"]
 
 
@@ -191,8 +243,8 @@ def check_protocol(prog: Program, res: dict, label: str) -> None:
     for cycle, d in events:
         level += d
         peak = max(peak, level)
-        assert level <= PARAMS.loads_in_flight, \
-            f"{label}: {level} LOADs in flight at cycle {cycle} > {PARAMS.loads_in_flight}"
+        assert level <= prog.params.loads_in_flight, \
+            f"{label}: {level} LOADs in flight at cycle {cycle} > {prog.params.loads_in_flight}"
     res["peak_in_flight"] = peak
     res["taken"] = taken
 
@@ -234,7 +286,7 @@ def test_load_random(load_unit, seed):
     for j, (ready_p, latency, tok_p, max_gap) in enumerate(
             [(0.6, (1, 12), 0.5, 15), (1.0, (1, 3), 0.8, 0), (0.3, (1, 30), 0.2, 40)]):
         rng = random.Random(seed * 100 + j)
-        prog = Program(rng)
+        prog = Program(rng, load_unit.params)
         # The first LOAD pops a token, and tok_next stays low for the first 40 cycles.
         prog.add(prog.random_load(pop_next=True))
         prog.add_random(rng.randint(10, 20), max_gap=max_gap)
@@ -255,24 +307,29 @@ def test_load_in_flight_limit(load_unit):
     """With a slow memory, short LOADs pile up to exactly `loads_in_flight` and no further."""
     seed = 7
     rng = random.Random(seed)
-    prog = Program(rng)
+    prog = Program(rng, load_unit.params)
     prog.add_random(30, max_words=2, dense=True)
     (res,) = run_loads(load_unit, [prog.job(seed, 1.0, (25, 30))])
     label = f"seed={seed}"
     check_complete(prog, res, label)
-    assert res["peak_in_flight"] == PARAMS.loads_in_flight, \
-        f"{label}: peak in flight {res['peak_in_flight']} != {PARAMS.loads_in_flight}"
+    want = load_unit.params.loads_in_flight
+    assert res["peak_in_flight"] == want, \
+        f"{label}: peak in flight {res['peak_in_flight']} != {want}"
 
 
 def test_load_back_to_back_timing(load_unit):
-    """Always-ready port: requests at take+1 .. take+N, the next LOAD taken at the last one."""
+    """Always-ready port, latency L = 1: requests at take+1 .. take+N, the next LOAD taken at
+    the last one, and each LOAD retired at take+N+L, or take+N+L+1 with `registered_decode`
+    (`response_lag`)."""
     seed = 11
+    latency = 1
     rng = random.Random(seed)
-    prog = Program(rng)
+    prog = Program(rng, load_unit.params)
     prog.add_random(12, max_words=12, pop_next=False)
-    (res,) = run_loads(load_unit, [prog.job(seed, 1.0, (1, 1))])
+    (res,) = run_loads(load_unit, [prog.job(seed, 1.0, (latency, latency))])
     label = f"seed={seed}"
     check_complete(prog, res, label)
+    lag = latency + response_lag(load_unit.params)
     r_cycles = [c for c, _ in res["reqs"]]
     first = res["taken"][0][0]
     assert r_cycles == list(range(first + 1, first + 1 + len(r_cycles))), \
@@ -283,8 +340,8 @@ def test_load_back_to_back_timing(load_unit):
         want = first + n if i else first
         assert take_cycle == want, f"{label}: pc={pc} taken at {take_cycle}, want {want}"
         n += ld.rows * ld.length
-        assert res["retires"][i][0] == first + n + 1, \
-            f"{label}: pc={pc} retired at {res['retires'][i][0]}, want {first + n + 1}"
+        assert res["retires"][i][0] == first + n + lag, \
+            f"{label}: pc={pc} retired at {res['retires'][i][0]}, want {first + n + lag}"
 
 
 def check_error_run(prog: Program, res: dict, label: str, code: ErrorCode, pc: int) -> None:
@@ -301,10 +358,10 @@ def test_load_bad_address(load_unit, seed):
     cases = []
     rng = random.Random(seed)
     for j in range(8):
-        prog = Program(random.Random(seed * 100 + j))
+        prog = Program(random.Random(seed * 100 + j), load_unit.params)
         prog.add_random(rng.randint(0, 3))
         buf = Buffer(j % 2)
-        depth = DEPTH[buf]
+        depth = prog.depth(buf)
         length = rng.randint(1, 8)
         bad_row = rng.randint(0, 4)
         if j == 6:
@@ -350,7 +407,7 @@ def test_load_bad_address(load_unit, seed):
 def test_load_act_ignores_encoding(load_unit):
     """The encoding field is for weights only: ACT LOADs with reserved encodings 2, 3 copy."""
     seed = 13
-    prog = Program(random.Random(seed))
+    prog = Program(random.Random(seed), load_unit.params)
     for enc in (2, 3, 2, 3):
         ld = prog.random_load(buffer=Buffer.ACT, encoding=0)
         prog.add(ld, word=ld.encode() | enc << 9)
@@ -358,9 +415,9 @@ def test_load_act_ignores_encoding(load_unit):
     check_complete(prog, res, f"seed={seed}")
 
 
-def corrupt(word: int, enc: WeightEncoding, rng: random.Random) -> int:
+def corrupt(word: int, enc: WeightEncoding, rng: random.Random, params: ArrayParams) -> int:
     """Make one byte of a weight word invalid: >= 243 (base 3) or one code 0b11 (2-bit)."""
-    j = rng.randrange(PARAMS.port_bytes)
+    j = rng.randrange(params.port_bytes)
     b = (word >> (8 * j)) & 0xFF
     base3 = enc == WeightEncoding.BASE3
     nb = rng.randint(243, 255) if base3 else b | (0b11 << (2 * rng.randrange(4)))
@@ -374,7 +431,7 @@ def test_load_bad_weight(load_unit, seed):
     cases = []
     rng = random.Random(seed)
     for j in range(6):
-        prog = Program(random.Random(seed * 100 + j))
+        prog = Program(random.Random(seed * 100 + j), load_unit.params)
         prog.add_random(rng.randint(0, 3))
         enc = WeightEncoding(j % 2)
         ld = prog.random_load(buffer=Buffer.WEIGHT, encoding=enc, dense=True)
@@ -391,7 +448,7 @@ def test_load_bad_weight(load_unit, seed):
             addrs = load_addresses(ld)
             k = rng.randrange(len(addrs) - 1)
         good = prog.expected()[-1][1][:k + 1]
-        prog.memory[addrs[k]] = corrupt(prog.memory[addrs[k]], enc, rng)
+        prog.memory[addrs[k]] = corrupt(prog.memory[addrs[k]], enc, rng, prog.params)
         prog.add_random(2)
         cases.append((prog, bad_pc, len(prog.loads) - 3, good))
     jobs = [prog.job(seed * 100 + j, 0.6, (1, 10), tok_p=0.7)
@@ -412,7 +469,7 @@ def test_load_bad_field(load_unit, seed):
     rng = random.Random(seed)
     bad_kinds = ["rows", "length", "enc2", "enc3", "rows", "length"]
     for j, kind in enumerate(bad_kinds):
-        prog = Program(random.Random(seed * 100 + j))
+        prog = Program(random.Random(seed * 100 + j), load_unit.params)
         prog.add_random(rng.randint(0, 3))
         if kind in ("rows", "length"):
             ld = prog.random_load(**{kind: 0}, pop_next=False)
@@ -449,14 +506,14 @@ def test_load_bad_weight_last_word(load_unit):
     rng = random.Random(seed)
     cases = []
     for j in range(4):
-        prog = Program(random.Random(seed * 100 + j))
+        prog = Program(random.Random(seed * 100 + j), load_unit.params)
         prog.add_random(rng.randint(0, 2))
         enc = WeightEncoding(j % 2)
         ld = prog.random_load(buffer=Buffer.WEIGHT, encoding=enc, dense=True)
         bad_pc = prog.add(ld)
         addrs = load_addresses(ld)
         good = prog.expected()[-1][1]
-        prog.memory[addrs[-1]] = corrupt(prog.memory[addrs[-1]], enc, rng)
+        prog.memory[addrs[-1]] = corrupt(prog.memory[addrs[-1]], enc, rng, prog.params)
         prog.add_random(2)
         cases.append((prog, bad_pc, len(prog.loads) - 3, good))
     jobs = [prog.job(seed * 100 + j, 0.6, (1, 10)) for j, (prog, *_) in enumerate(cases)]
