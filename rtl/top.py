@@ -336,11 +336,11 @@ class Accelerator(wiring.Component):
                      self.retire_pc[Unit.DISPATCH].eq(disp.pc)]
 
         # COMPUTE's zero bits are counted in three cycles: partial counts of ZERO_CHUNK rows into
-        # registers, sums of ZERO_GROUP of those into registers, then the sum of the groups times
-        # the token lanes they count for (one adder tree over 160 rows, then one over ten partial counts, was
-        # the ULX3S chip's critical path). These registers run whenever the clock does: the
-        # units are frozen once the run ends, and the last cycle's count must still come
-        # through.
+        # registers, sums of ZERO_GROUP of those into registers, then the sum of the groups
+        # times the token lanes they count for (one adder tree over 160 rows, then one over
+        # ten partial counts, was the ULX3S chip's critical path). These registers run
+        # whenever the clock does: the units are frozen once the run ends, and the last
+        # cycle's count must still come through.
         parts = []
         for i in range(0, p.row_lanes, ZERO_CHUNK):
             rows = comp.zero_rows[i:i + ZERO_CHUNK]
