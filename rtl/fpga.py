@@ -746,8 +746,10 @@ def _flow(commands: list, name: str, family: str, build_dir: Path, report: dict,
 def _retry_placement(cmd: list, name: str, family: str, build_dir: Path, report: dict, say):
     """Place and route again with the board's `retry_seeds`, in turn, while the placement
     misses the target clock. report["placements"] lists each placement tried ({"seed",
-    "missed_mhz": the worst clock's Fmax, or None when it met its target}); the build keeps
-    the last, whose seed is report["retry_seed"] (None: nextpnr's default)."""
+    "missed_mhz": the worst clock's Fmax, or None when it met its target, "pnr_report": its
+    nextpnr report in the build directory}); the build keeps the last, whose seed is
+    report["retry_seed"] (None: nextpnr's default). A placement placed again keeps its
+    report as `<name>.pnr.<default|seedN>.json` (with `timing_detail`, for `late_inputs`)."""
     stat = json.loads((build_dir / f"{name}.stat.json").read_text())
     pnr_path = build_dir / f"{name}.pnr.json"
 
@@ -760,9 +762,13 @@ def _retry_placement(cmd: list, name: str, family: str, build_dir: Path, report:
     seed = None
     for nxt in (*BOARDS[report["board"]].retry_seeds, None):
         fmax = missed()
-        report["placements"].append({"seed": seed, "missed_mhz": fmax})
+        report["placements"].append({"seed": seed, "missed_mhz": fmax,
+                                     "pnr_report": pnr_path.name})
         if fmax is None or nxt is None:
             break
+        kept = f"{name}.pnr.{'default' if seed is None else f'seed{seed}'}.json"
+        shutil.copyfile(pnr_path, build_dir / kept)
+        report["placements"][-1]["pnr_report"] = kept
         say(f"[{report['board']}] pnr: {fmax:.2f} MHz misses the target; "
             f"nextpnr seed {nxt} ...")
         seed = nxt

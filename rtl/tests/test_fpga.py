@@ -436,8 +436,15 @@ def test_missed_placement_retried_with_the_boards_seeds(tmp_path, monkeypatch, f
                           lambda msg: None)
     assert calls == tried and report["retry_seed"] == kept
     seeds = [None, *tried]
+    reports = [f"chip.pnr.{'default' if s is None else f'seed{s}'}.json" for s in seeds]
+    reports[-1] = "chip.pnr.json"
     assert report["placements"] == [
-        {"seed": s, "missed_mhz": fmax[s] if fmax[s] < 30 else None} for s in seeds]
+        {"seed": s, "missed_mhz": fmax[s] if fmax[s] < 30 else None, "pnr_report": r}
+        for s, r in zip(seeds, reports)]
+    # Each placement placed again kept its own report, as it was.
+    for s, r in zip(seeds, reports):
+        kept = json.loads((tmp_path / r).read_text())
+        assert kept["fmax"]["clk"]["achieved"] == fmax[s]
     assert report["steps_s"]["pnr"] == 1.0 + len(tried)
     row = fpga._row(board_report(retry_seed=kept))
     assert ("(nextpnr seed" in row) == (kept is not None)
