@@ -185,12 +185,18 @@ class ComputeUnit(wiring.Component):
         return err
 
     @staticmethod
-    def last_start(m, p: ArrayParams, head) -> Signal:
-        """The last activation buffer row a token group of MATMUL `head` may start on:
-        abuf_rows less the rows a group reads, ceil(k_len * token_lanes / port_bytes); negative
-        when no group fits. One carry chain: the rounding up is the adder's borrow."""
+    def group_rows(p: ArrayParams, head) -> tuple:
+        """The activation buffer rows a token group of MATMUL `head` reads,
+        ceil(k_len * token_lanes / port_bytes), as (whole rows, a partial row: one bit)."""
         shift = (p.port_bytes // p.token_lanes).bit_length() - 1
-        rows, partial = head.k_len >> shift, head.k_len[:shift] != 0
+        return head.k_len >> shift, head.k_len[:shift] != 0
+
+    @classmethod
+    def last_start(cls, m, p: ArrayParams, head) -> Signal:
+        """The last activation buffer row a token group of MATMUL `head` may start on:
+        abuf_rows less the rows a group reads (`group_rows`); negative when no group fits. One
+        carry chain: the rounding up is the adder's borrow."""
+        rows, partial = cls.group_rows(p, head)
         width = max(len(head.k_len), p.abuf_rows.bit_length()) + 1
         # abuf_rows + ~rows + (1 - partial) = abuf_rows - rows - partial, in `width` bits; the
         # low bit of each operand carries the (1 - partial) in.
@@ -206,10 +212,9 @@ class ComputeUnit(wiring.Component):
         its first step, a cycle after issue (done when the program is written, `rtl.predecode`)."""
         head = data.View(instr_layout(Opcode.MATMUL), instr)
         # abuf > last_start: abuf + the rows a group reads > abuf_rows, in one carry chain.
-        shift = (p.port_bytes // p.token_lanes).bit_length() - 1
+        rows, partial = cls.group_rows(p, head)
         refused = Signal()
-        m.d.comb += refused.eq(sum_exceeds(head.abuf, head.k_len >> shift,
-                                           head.k_len[:shift] != 0, p.abuf_rows))
+        m.d.comb += refused.eq(sum_exceeds(head.abuf, rows, partial, p.abuf_rows))
         return refused
 
     def elaborate(self, platform):
